@@ -1,0 +1,32 @@
+"""Per-request context: who is calling and the handles resolvers use."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from tollgate_api.auth import Principal
+from tollgate_core.domain.errors import Forbidden
+from tollgate_core.store.db import Pool
+
+
+@dataclass
+class Context:
+    principal: Principal
+    pool: Pool
+
+    @property
+    def tenant(self) -> str:
+        return self.principal.tenant
+
+    def check_customer(self, customer_id: uuid.UUID) -> None:
+        """A customer sees only themself; agents and admins see their tenant."""
+        if self.principal.is_staff:
+            return
+        if "customer" in self.principal.roles and self.principal.subject == str(customer_id):
+            return
+        raise Forbidden("not allowed to see this customer", field="id")
+
+    def check_staff(self) -> None:
+        if not self.principal.is_staff:
+            raise Forbidden("this operation needs the agent or admin role")

@@ -1,0 +1,1 @@
+"""The `tollgate` command: composition root wiring core, api and operator together."""

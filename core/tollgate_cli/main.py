@@ -1,0 +1,152 @@
+"""Entry point of the `tollgate` command (typer). Settings are read here, once."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tollgate_core.observability import configure_logging
+from tollgate_core.resources.offer import Service
+
+app = typer.Typer(help="Tollgate: cloud-native BSS for telecom operators.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+usage_app = typer.Typer(help="Usage events.", no_args_is_help=True)
+app.add_typer(usage_app, name="usage")
+console = Console(stderr=True)
+
+Home = Annotated[Path, typer.Option(help="Local mode data and state folder.")]
+DatabaseUrl = Annotated[str, typer.Option(envvar="TOLLGATE_DATABASE_URL",
+                                          help="PostgreSQL DSN of the application role.")]
+NatsUrl = Annotated[str, typer.Option(envvar="TOLLGATE_NATS_URL", help="NATS URL.")]
+
+
+@app.callback()
+def main(log_level: Annotated[str, typer.Option(envvar="TOLLGATE_LOG_LEVEL")] = "INFO") -> None:
+    configure_logging(log_level.upper())
+
+
+@app.command()
+def dev(home: Home = Path(".tollgate"),
+        examples: Annotated[Path, typer.Option(help="Resource YAML to apply.")] = Path("examples"),
+        pg_port: int = 55432, nats_port: int = 14222, api_port: int = 8080) -> None:
+    """Run the whole BSS locally: PostgreSQL, NATS, the example catalog, charging and the API."""
+    from tollgate_cli.dev import run_dev
+
+    asyncio.run(run_dev(home, examples, pg_port, nats_port, api_port, console))
+
+
+@app.command()
+def apply(file: Annotated[Path, typer.Option("-f", "--filename", help="YAML file or folder.")],
+          home: Home = Path(".tollgate")) -> None:
+    """Validate resources and reconcile them in local mode (like `kubectl apply -f`)."""
+    from tollgate_cli.localstate import load
+    from tollgate_core.local.apply import apply_resources, load_documents
+    from tollgate_core.resources import ResourceError
+    from tollgate_core.store.db import create_pool
+
+    try:
+        resources = load_documents(file)
+    except ResourceError as exc:
+        for error in exc.errors:
+            console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    try:
+        state = load(home)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+    async def run() -> None:
+        pool = await create_pool(state.app_dsn)
+        try:
+            report = await apply_resources(pool, resources)
+        finally:
+            await pool.close()
+        for resource in resources:
+            console.print(f"{resource.kind.lower()}/{resource.metadata.name} applied")
+        for tenant, revision in sorted(report.revisions.items()):
+            console.print(f"tenant {tenant}: catalog revision {revision}")
+        for error in report.errors:
+            console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        if report.errors:
+            raise typer.Exit(1)
+
+    asyncio.run(run())
+
+
+@usage_app.command("send")
+def usage_send(tenant: Annotated[str, typer.Option()],
+               subscriber: Annotated[str, typer.Option(help="MSISDN of the line.")],
+               count: int = 100, service: Service = Service.DATA,
+               quantity: Annotated[int, typer.Option(help="Units per event.")] = 1_048_576,
+               nats_url: Annotated[str | None, typer.Option(envvar="TOLLGATE_NATS_URL")] = None,
+               home: Home = Path(".tollgate")) -> None:
+    """Publish COUNT synthetic usage events with Nats-Msg-Id, with a progress bar."""
+    from tollgate_cli.localstate import load
+    from tollgate_cli.usage_send import send_usage
+
+    url = nats_url or load(home).nats_url
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=not sys.stderr.isatty()) as progress:
+        asyncio.run(send_usage(url, tenant, subscriber, service, quantity, count, progress))
+    console.print(f"published {count} usage events")
+
+
+@app.command()
+def charging(tenant: Annotated[str, typer.Option(envvar="TOLLGATE_TENANT")],
+             database_url: DatabaseUrl, nats_url: NatsUrl,
+             batch_max: Annotated[int, typer.Option(envvar="TOLLGATE_BATCH_MAX")] = 500) -> None:
+    """Run the charging engine of one tenant until SIGTERM."""
+    import signal
+
+    from tollgate_core.engines.runner import run_charging
+    from tollgate_core.settings import ChargingSettings
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_charging(ChargingSettings(tenant=tenant, database_url=database_url,
+                                            nats_url=nats_url, batch_max=batch_max), stop)
+
+    asyncio.run(run())
+
+
+@app.command()
+def api(database_url: DatabaseUrl, nats_url: NatsUrl,
+        jwt_secret: Annotated[str, typer.Option(envvar="TOLLGATE_JWT_SECRET")],
+        host: str = "0.0.0.0", port: int = 8080,  # noqa: S104  (a container listens on all)
+        graphiql: Annotated[bool, typer.Option(envvar="TOLLGATE_GRAPHIQL")] = False) -> None:
+    """Serve the GraphQL API."""
+    import uvicorn
+
+    from tollgate_api.app import create_app
+    from tollgate_core.settings import ApiSettings
+
+    settings = ApiSettings(database_url=database_url, nats_url=nats_url, jwt_secret=jwt_secret,
+                           host=host, port=port, graphiql=graphiql)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def migrate(database_url: Annotated[str, typer.Option(envvar="TOLLGATE_OWNER_DATABASE_URL",
+                                                      help="DSN of the schema owner.")],
+            app_password: Annotated[str | None, typer.Option(
+                envvar="TOLLGATE_APP_PASSWORD")] = None) -> None:
+    """Apply pending schema migrations."""
+    from tollgate_core.store.migrate import migrate as run_migrations
+
+    applied = asyncio.run(run_migrations(database_url, app_password))
+    console.print(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""NATS JetStream transport: connection, streams and publishing with Nats-Msg-Id."""

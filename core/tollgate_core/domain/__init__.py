@@ -1,0 +1,1 @@
+"""Pure domain of the BSS: money, catalog, rating, ledger. No I/O lives here."""

@@ -1,0 +1,1 @@
+"""Runtime engines around the domain: charging (offline rating), outbox relay."""

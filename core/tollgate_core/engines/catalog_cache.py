@@ -1,0 +1,48 @@
+"""Compiled catalog revisions of one tenant, hot-loaded as new revisions appear."""
+
+from __future__ import annotations
+
+import bisect
+from datetime import datetime
+
+from tollgate_core.domain.catalog import Catalog, compile_catalog
+from tollgate_core.store import catalog_repo
+from tollgate_core.store.db import Connection
+
+
+class CatalogCache:
+    """Revisions sorted by number; `at(when)` gives the revision in force at `when`."""
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        self._numbers: list[int] = []
+        self._published: list[datetime] = []
+        self._catalogs: dict[int, Catalog] = {}
+
+    @property
+    def latest(self) -> int:
+        return self._numbers[-1] if self._numbers else 0
+
+    async def refresh(self, conn: Connection) -> int:
+        """Load revisions newer than the latest known; cheap when there are none."""
+        newest = await conn.fetchval(
+            "SELECT max(revision) FROM catalog_revisions WHERE tenant_id = $1", self.tenant)
+        if newest is None or newest <= self.latest:
+            return 0
+        loaded = await catalog_repo.all_revisions(conn, self.tenant, after=self.latest)
+        for stored in loaded:
+            self._catalogs[stored.revision] = compile_catalog(stored.source)
+            self._numbers.append(stored.revision)
+            self._published.append(stored.published_at)
+        return len(loaded)
+
+    def at(self, when: datetime) -> tuple[int, Catalog] | None:
+        """The latest revision published at or before `when`; the first one for older events."""
+        if not self._numbers:
+            return None
+        index = max(bisect.bisect_right(self._published, when) - 1, 0)
+        number = self._numbers[index]
+        return number, self._catalogs[number]
+
+    def get(self, revision: int) -> Catalog | None:
+        return self._catalogs.get(revision)

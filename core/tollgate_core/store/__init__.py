@@ -1,0 +1,1 @@
+"""PostgreSQL persistence (asyncpg): migrations, tenant-scoped transactions, repositories."""

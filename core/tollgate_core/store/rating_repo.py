@@ -1,0 +1,200 @@
+"""Bulk reads and writes of one rating batch, each a single round trip (arrays, unnest).
+
+COPY FROM is not allowed on tables with row-level security, so bulk inserts use
+INSERT … SELECT FROM unnest($arrays), which costs one statement per table per batch.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from tollgate_core.domain.ledger import Transfer
+from tollgate_core.store.db import Connection
+
+BucketKey = tuple[uuid.UUID, str, date]
+PaidKey = tuple[uuid.UUID, str, date]
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSubscription:
+    subscription_id: uuid.UUID
+    customer_id: uuid.UUID
+    offer: str
+    subscriber: str
+    started_at: datetime
+    payment_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class RatedRow:
+    event_id: uuid.UUID
+    subscription_id: uuid.UUID
+    customer_id: uuid.UUID
+    service: str
+    quantity: int
+    allowance_units: int
+    chargeable_units: int
+    amount_micros: int
+    currency: str
+    price_name: str | None
+    catalog_revision: int
+    start_time: datetime
+
+
+async def claim_inbox(conn: Connection, tenant: str, consumer: str,
+                      keys: Sequence[str]) -> set[str]:
+    """Record the keys as handled; return those not handled before (the new ones)."""
+    rows = await conn.fetch(
+        "INSERT INTO inbox (tenant_id, consumer, event_id)"
+        " SELECT $1, $2, k FROM unnest($3::text[]) AS k ON CONFLICT DO NOTHING RETURNING event_id",
+        tenant, consumer, list(keys))
+    return {r["event_id"] for r in rows}
+
+
+async def active_subscriptions(conn: Connection,
+                               subscribers: Sequence[str]) -> dict[str, list[ActiveSubscription]]:
+    rows = await conn.fetch(
+        "SELECT s.subscription_id, s.customer_id, s.offer, s.subscriber, s.started_at,"
+        " c.payment_type FROM subscriptions s JOIN customers c USING (tenant_id, customer_id)"
+        " WHERE s.subscriber = ANY($1::text[]) AND s.status = 'active'"
+        " ORDER BY s.started_at, s.subscription_id", list(subscribers))
+    found: dict[str, list[ActiveSubscription]] = {}
+    for r in rows:
+        found.setdefault(r["subscriber"], []).append(ActiveSubscription(**dict(r)))
+    return found
+
+
+async def lock_allowances(conn: Connection, tenant: str,
+                          wanted: dict[BucketKey, int]) -> dict[BucketKey, tuple[int, int]]:
+    """Create missing period rows with their quantity, lock all; return key → (quantity, used)."""
+    if not wanted:
+        return {}
+    keys = sorted(wanted)
+    subs, names, periods = [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+    await conn.execute(
+        "INSERT INTO allowance_usage (tenant_id, subscription_id, allowance, period_start,"
+        " quantity) SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::date[], $5::bigint[])"
+        " ON CONFLICT DO NOTHING", tenant, subs, names, periods, [wanted[k] for k in keys])
+    rows = await conn.fetch(
+        "SELECT a.subscription_id, a.allowance, a.period_start, a.quantity, a.used"
+        " FROM allowance_usage a JOIN unnest($1::uuid[], $2::text[], $3::date[]) AS k(s, n, p)"
+        " ON a.subscription_id = k.s AND a.allowance = k.n AND a.period_start = k.p"
+        " ORDER BY 1, 2, 3 FOR UPDATE OF a", subs, names, periods)
+    return {(r["subscription_id"], r["allowance"], r["period_start"]): (r["quantity"], r["used"])
+            for r in rows}
+
+
+async def lock_paid_usage(conn: Connection, tenant: str,
+                          wanted: Sequence[PaidKey]) -> dict[PaidKey, int]:
+    if not wanted:
+        return {}
+    keys = sorted(set(wanted))
+    subs, services, periods = [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+    await conn.execute(
+        "INSERT INTO paid_usage (tenant_id, subscription_id, service, period_start)"
+        " SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::date[]) ON CONFLICT DO NOTHING",
+        tenant, subs, services, periods)
+    rows = await conn.fetch(
+        "SELECT p.subscription_id, p.service, p.period_start, p.units FROM paid_usage p"
+        " JOIN unnest($1::uuid[], $2::text[], $3::date[]) AS k(s, v, d)"
+        " ON p.subscription_id = k.s AND p.service = k.v AND p.period_start = k.d"
+        " ORDER BY 1, 2, 3 FOR UPDATE OF p", subs, services, periods)
+    return {(r["subscription_id"], r["service"], r["period_start"]): r["units"] for r in rows}
+
+
+async def lock_balances(conn: Connection,
+                        accounts: Sequence[str]) -> dict[str, tuple[int, int | None]]:
+    """Lock ledger accounts; return account → (balance, floor)."""
+    if not accounts:
+        return {}
+    rows = await conn.fetch(
+        "SELECT account_id, balance_micros, floor_micros FROM ledger_accounts"
+        " WHERE account_id = ANY($1::text[]) ORDER BY account_id FOR UPDATE",
+        sorted(set(accounts)))
+    return {r["account_id"]: (r["balance_micros"], r["floor_micros"]) for r in rows}
+
+
+async def save_allowances(conn: Connection, used: dict[BucketKey, int]) -> None:
+    if not used:
+        return
+    keys = sorted(used)
+    await conn.execute(
+        "UPDATE allowance_usage a SET used = k.u FROM unnest($1::uuid[], $2::text[],"
+        " $3::date[], $4::bigint[]) AS k(s, n, p, u) WHERE a.subscription_id = k.s"
+        " AND a.allowance = k.n AND a.period_start = k.p",
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [used[k] for k in keys])
+
+
+async def save_paid_usage(conn: Connection, units: dict[PaidKey, int]) -> None:
+    if not units:
+        return
+    keys = sorted(units)
+    await conn.execute(
+        "UPDATE paid_usage p SET units = k.u FROM unnest($1::uuid[], $2::text[], $3::date[],"
+        " $4::bigint[]) AS k(s, v, d, u) WHERE p.subscription_id = k.s AND p.service = k.v"
+        " AND p.period_start = k.d",
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+        [units[k] for k in keys])
+
+
+async def insert_rated(conn: Connection, tenant: str, rows: Sequence[RatedRow]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO rated_usage (tenant_id, event_id, subscription_id, customer_id, service,"
+        " quantity, allowance_units, chargeable_units, amount_micros, currency, price_name,"
+        " catalog_revision, start_time) SELECT $1, * FROM unnest($2::uuid[], $3::uuid[],"
+        " $4::uuid[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],"
+        " $10::text[], $11::text[], $12::int[], $13::timestamptz[])",
+        tenant, [r.event_id for r in rows], [r.subscription_id for r in rows],
+        [r.customer_id for r in rows], [r.service for r in rows], [r.quantity for r in rows],
+        [r.allowance_units for r in rows], [r.chargeable_units for r in rows],
+        [r.amount_micros for r in rows], [r.currency for r in rows],
+        [r.price_name for r in rows], [r.catalog_revision for r in rows],
+        [r.start_time for r in rows])
+
+
+async def post_transfers(conn: Connection, tenant: str,
+                         transfers: Sequence[Transfer]) -> dict[str, int]:
+    """Insert transfers (duplicates ignored) and apply only the new ones to balances.
+
+    Returns the new balance of every account whose balance changed.
+    """
+    if not transfers:
+        return {}
+    inserted = await conn.fetch(
+        "INSERT INTO transfers (tenant_id, transfer_id, debit_account, credit_account,"
+        " amount_micros, currency, code, cause_id) SELECT $1, * FROM unnest($2::uuid[],"
+        " $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[])"
+        " ON CONFLICT DO NOTHING RETURNING debit_account, credit_account, amount_micros",
+        tenant, [t.id for t in transfers], [t.debit_account for t in transfers],
+        [t.credit_account for t in transfers], [t.amount_micros for t in transfers],
+        [t.currency for t in transfers], [t.code.value for t in transfers],
+        [t.cause_id for t in transfers])
+    deltas: dict[str, int] = {}
+    for r in inserted:
+        deltas[r["debit_account"]] = deltas.get(r["debit_account"], 0) - r["amount_micros"]
+        deltas[r["credit_account"]] = deltas.get(r["credit_account"], 0) + r["amount_micros"]
+    if not deltas:
+        return {}
+    accounts = sorted(deltas)
+    rows = await conn.fetch(
+        "UPDATE ledger_accounts a SET balance_micros = a.balance_micros + k.d"
+        " FROM unnest($1::text[], $2::bigint[]) AS k(id, d) WHERE a.account_id = k.id"
+        " RETURNING a.account_id, a.balance_micros", accounts, [deltas[a] for a in accounts])
+    return {r["account_id"]: r["balance_micros"] for r in rows}
+
+
+async def insert_dead_letters(conn: Connection, tenant: str,
+                              rows: Sequence[tuple[str, str, str, str, bytes]]) -> None:
+    """rows: (key, subject, reason, detail, payload)."""
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO dead_letters (tenant_id, event_id, subject, reason, detail, payload)"
+        " SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])"
+        " ON CONFLICT DO NOTHING", tenant, [r[0] for r in rows], [r[1] for r in rows],
+        [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows])

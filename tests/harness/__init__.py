@@ -1,0 +1,1 @@
+"""Test harness: a real Kubernetes control plane and helper tools for tests."""

@@ -1,0 +1,106 @@
+"""Rating: allowances before paid tiers, increments, graduated tiers, exact amounts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tollgate_core.domain.catalog import Tier, UsageTariff
+from tollgate_core.domain.rating import AllowanceBucket, period_start, price_tiers, rate
+from tollgate_core.resources.offer import Period, Service, Unit
+
+MIB = 1_048_576
+GIB = 1024 * MIB
+SUB = uuid.UUID(int=1)
+
+# The example plan's data price: per started KiB; 0.01 EUR per MiB for the first GiB, then 0.005.
+DATA = UsageTariff("data-payg", Service.DATA, Unit.BYTES, increment=1024, minimum=0, tiers=(
+    Tier(0, GIB, 10_000, MIB), Tier(GIB, None, 5_000, MIB)))
+
+
+def bucket(quantity: int, used: int = 0, name: str = "data-5gb") -> AllowanceBucket:
+    return AllowanceBucket(SUB, name, date(2026, 11, 1), quantity, used)
+
+
+def test_allowance_is_consumed_before_paid_tiers() -> None:
+    rating = rate(3 * MIB, [bucket(5 * GIB)], DATA, already_paid=0)
+    assert rating is not None
+    assert [d.units for d in rating.draws] == [3 * MIB]
+    assert rating.amount_micros == 0
+
+
+def test_usage_beyond_allowance_is_charged_per_started_kib() -> None:
+    # 1 MiB left in the allowance; the event uses 1 MiB + 1,500 bytes.
+    # Paid: 1,500 bytes → rounded up to 2 KiB = 2,048 bytes.
+    # 2,048 bytes × 10,000 micros / 1,048,576 = 19.53125 → 20 micros (half-even of .53 rounds up)
+    rating = rate(MIB + 1_500, [bucket(5 * GIB, used=5 * GIB - MIB)], DATA, already_paid=0)
+    assert rating is not None
+    assert rating.draws[0].units == MIB
+    assert rating.chargeable_units == 2_048
+    assert rating.amount_micros == 20
+
+
+def test_an_event_spanning_a_tier_boundary_is_split() -> None:
+    # 100 MiB already paid this month would leave 924 MiB in tier 0; the event pays 1,000 MiB:
+    # 924 MiB × 0.01 = 9.24 EUR, 76 MiB × 0.005 = 0.38 EUR → 9.62 EUR = 9,620,000 micros
+    rating = rate(1000 * MIB, [], DATA, already_paid=100 * MIB)
+    assert rating is not None
+    assert [(c.tier_index, c.units) for c in rating.tier_charges] == [(0, 924 * MIB), (1, 76 * MIB)]
+    assert rating.amount_micros == 9_620_000
+
+
+def test_several_allowances_are_drawn_in_order() -> None:
+    buckets = [bucket(MIB, name="boost"), bucket(2 * MIB, name="plan")]
+    rating = rate(2 * MIB, buckets, DATA, already_paid=0)
+    assert rating is not None
+    assert [(d.allowance, d.units) for d in rating.draws] == [("boost", MIB), ("plan", MIB)]
+
+
+def test_voice_per_minute_minimum_then_per_second() -> None:
+    # 60 s minimum, then per second at 0.06 EUR per minute (per: 60 s)
+    voice = UsageTariff("voice", Service.VOICE, Unit.SECONDS, increment=1, minimum=60,
+                        tiers=(Tier(0, None, 60_000, 60),))
+    short = rate(10, [], voice, already_paid=0)
+    long = rate(61, [], voice, already_paid=0)
+    assert short is not None and long is not None
+    assert short.amount_micros == 60_000  # 60 s × 60,000 / 60
+    assert long.amount_micros == 61_000  # 61 s × 60,000 / 60
+
+
+def test_no_tariff_and_no_allowance_means_unratable() -> None:
+    assert rate(10, [], None, already_paid=0) is None
+    assert rate(0, [], None, already_paid=0) is not None
+
+
+def test_period_is_the_tenant_local_calendar_month() -> None:
+    # 23:30 UTC on 31 Oct is already 1 Nov in Berlin (UTC+1 in winter)
+    when = datetime(2026, 10, 31, 23, 30, tzinfo=UTC)
+    assert period_start(when, Period.MONTH, "Europe/Berlin") == date(2026, 11, 1)
+    assert period_start(when, Period.MONTH, "UTC") == date(2026, 10, 1)
+
+
+tiers_strategy = st.lists(st.integers(min_value=1, max_value=10**7), min_size=1, max_size=4)
+
+
+@given(bounds=tiers_strategy, prices=st.lists(st.integers(0, 10**6), min_size=5, max_size=5),
+       per=st.integers(1, 10**6), paid=st.integers(0, 10**8), units=st.integers(0, 10**8),
+       cut=st.integers(0, 10**8))
+def test_splitting_an_event_moves_its_total_by_at_most_one_micro_per_piece(
+        bounds: list[int], prices: list[int], per: int, paid: int, units: int, cut: int) -> None:
+    edges = [0]
+    for width in bounds:
+        edges.append(edges[-1] + width)
+    tiers = tuple(Tier(edges[i], edges[i + 1] if i + 1 < len(edges) else None, prices[i], per)
+                  for i in range(len(edges)))
+    cut = min(cut, units)
+    whole = price_tiers(tiers, paid, units)
+    first = price_tiers(tiers, paid, cut)
+    second = price_tiers(tiers, paid + cut, units - cut)
+    pieces = len(whole) + len(first) + len(second)
+    total_whole = sum(c.amount_micros for c in whole)
+    total_split = sum(c.amount_micros for c in first + second)
+    assert abs(total_whole - total_split) <= pieces
+    assert sum(c.units for c in whole) == units
