@@ -44,7 +44,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         yield Servers(postgres.dsn, postgres.dsn_for("tollgate_app", password), nats.url)
     finally:
         nats.stop()
-        postgres.stop()
+        postgres.destroy()
 
 
 @pytest_asyncio.fixture(scope="session")

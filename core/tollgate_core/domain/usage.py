@@ -47,12 +47,13 @@ class UsageEvent:
     attributes: dict[str, str] = field(default_factory=dict, hash=False)
 
 
-def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+def _require(data: dict[str, Any], key: str, kind: type, prefix: str = "") -> Any:
     value = data.get(key)
     if value is None:
-        raise UsageRejected(RejectReason.INVALID_EVENT, f"{key}: required")
+        raise UsageRejected(RejectReason.INVALID_EVENT, f"{prefix}{key}: required")
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise UsageRejected(RejectReason.INVALID_EVENT, f"{key}: wrong type {type(value).__name__}")
+        raise UsageRejected(RejectReason.INVALID_EVENT,
+                            f"{prefix}{key}: wrong type {type(value).__name__}")
     return value
 
 
@@ -76,26 +77,26 @@ def parse_usage_event(raw: bytes, tenant: str) -> UsageEvent:
                             f"tenant: {envelope.get('tenant')!r} is not {tenant!r}")
     data = _require(envelope, "data", dict)
     try:
-        service = Service(_require(data, "service", str))
+        service = Service(_require(data, "service", str, "data."))
     except ValueError as exc:
         raise UsageRejected(RejectReason.INVALID_EVENT,
                             f"data.service: must be one of {[s.value for s in Service]}") from exc
     try:
-        unit = Unit(_require(data, "unit", str))
+        unit = Unit(_require(data, "unit", str, "data."))
     except ValueError as exc:
         raise UsageRejected(RejectReason.INVALID_EVENT,
                             f"data.unit: must be one of {[u.value for u in Unit]}") from exc
     if SERVICE_UNITS[service] is not unit:
         raise UsageRejected(RejectReason.INVALID_EVENT,
                             f"data.unit: {service} is measured in {SERVICE_UNITS[service]}")
-    quantity = _require(data, "quantity", int)
+    quantity = _require(data, "quantity", int, "data.")
     if not 0 <= quantity <= QUANTITY_MAX:
         raise UsageRejected(RejectReason.INVALID_EVENT,
                             f"data.quantity: must be between 0 and {QUANTITY_MAX}")
-    subscriber = _require(data, "subscriber", str)
+    subscriber = _require(data, "subscriber", str, "data.")
     if not 1 <= len(subscriber) <= 64:
         raise UsageRejected(RejectReason.INVALID_EVENT, "data.subscriber: 1 to 64 characters")
-    start_text = _require(data, "startTime", str)
+    start_text = _require(data, "startTime", str, "data.")
     try:
         start_time = datetime.fromisoformat(start_text)
     except ValueError as exc:

@@ -167,6 +167,11 @@ class PostgresServer:
                   "-t", "60", "-o", " ".join(options), "start")
         _wait_port(self.port, 30, None, log)
 
+    def destroy(self) -> None:
+        """Stop and delete the cluster's data (throwaway test clusters)."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
     def stop(self) -> None:
         bin_dir = postgres_install_dir() / "bin"
         if (self.data_dir / "postmaster.pid").exists():
