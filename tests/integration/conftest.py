@@ -70,7 +70,13 @@ async def charging(servers: Servers) -> AsyncIterator[StartEngine]:
     async def start(tenant: str) -> None:
         settings = ChargingSettings(tenant=tenant, database_url=servers.app_dsn,
                                     nats_url=servers.nats_url, fetch_timeout_s=0.2)
-        tasks.append(asyncio.create_task(run_charging(settings, stop)))
+        ready = asyncio.Event()
+        task = asyncio.create_task(run_charging(settings, stop, ready))
+        tasks.append(task)
+        await asyncio.wait([task, asyncio.create_task(ready.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # raise the reason it could not start
 
     yield start
     stop.set()

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from tollgate_core.domain.money import parse_micros
+from tollgate_core.domain.thresholds import ThresholdRule
 from tollgate_core.resources.offer import (
     SERVICE_UNITS,
     LifecycleStatus,
@@ -87,6 +88,7 @@ class CompiledOffer:
     allowances: tuple[AllowanceRule, ...]
     bundle: tuple[str, ...]
     partner: str | None
+    thresholds: tuple[ThresholdRule, ...] = ()
 
     def sellable_at(self, when: datetime) -> bool:
         if self.lifecycle is not LifecycleStatus.ACTIVE:
@@ -164,6 +166,11 @@ def compile_offer(name: str, spec: OfferSpec) -> CompiledOffer:
         recurring=tuple(recurring), one_time_micros=one_time, usage=usage,
         allowances=allowances, bundle=tuple(r.name for r in spec.bundle),
         partner=spec.partner_ref.name if spec.partner_ref else None,
+        thresholds=tuple(
+            ThresholdRule(t.allowance, t.percent,
+                          parse_micros(t.balance_below) if t.balance_below else None,
+                          t.upsell_offer)
+            for t in spec.thresholds),
     )
 
 

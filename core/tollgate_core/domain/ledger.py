@@ -70,8 +70,10 @@ class Transfer:
         assert self.debit_account != self.credit_account, "a transfer moves between two accounts"
 
 
-def split_prepaid(charge_micros: int, balance_micros: int, floor_micros: int) -> tuple[int, int]:
-    """Split a charge into (from balance, to receivable) so the balance never goes below floor."""
-    available = max(balance_micros - floor_micros, 0)
-    from_balance = min(charge_micros, available)
+def split_prepaid(charge_micros: int, spendable_micros: int | None) -> tuple[int, int]:
+    """Split a charge into (from the balance, to the receivable) so a prepaid balance never
+    goes below its floor; `spendable_micros` None means no floor (postpaid)."""
+    if spendable_micros is None:
+        return charge_micros, 0
+    from_balance = min(charge_micros, max(spendable_micros, 0))
     return from_balance, charge_micros - from_balance

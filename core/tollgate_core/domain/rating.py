@@ -25,10 +25,12 @@ class AllowanceBucket:
     period_start: date
     quantity: int
     used: int
+    reserved: int = 0
+    """Units held by pending online-charging reservations."""
 
     @property
     def remaining(self) -> int:
-        return max(self.quantity - self.used, 0)
+        return max(self.quantity - self.used - self.reserved, 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from datetime import datetime
 
@@ -18,6 +19,7 @@ class CatalogCache:
         self._numbers: list[int] = []
         self._published: list[datetime] = []
         self._catalogs: dict[int, Catalog] = {}
+        self._loading = asyncio.Lock()  # offline and online charging share one cache
 
     @property
     def latest(self) -> int:
@@ -25,6 +27,10 @@ class CatalogCache:
 
     async def refresh(self, conn: Connection) -> int:
         """Load revisions newer than the latest known; cheap when there are none."""
+        async with self._loading:
+            return await self._refresh(conn)
+
+    async def _refresh(self, conn: Connection) -> int:
         newest = await conn.fetchval(
             "SELECT max(revision) FROM catalog_revisions WHERE tenant_id = $1", self.tenant)
         if newest is None or newest <= self.latest:

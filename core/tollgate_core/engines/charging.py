@@ -11,7 +11,8 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
@@ -19,7 +20,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from tollgate_core.domain.catalog import Catalog, CompiledOffer
+from tollgate_core.domain.catalog import CompiledOffer
 from tollgate_core.domain.events import DomainEvent, dlq_subject
 from tollgate_core.domain.ledger import (
     Transfer,
@@ -31,8 +32,10 @@ from tollgate_core.domain.ledger import (
     transfer_id,
 )
 from tollgate_core.domain.rating import AllowanceBucket, period_start, rate
+from tollgate_core.domain.thresholds import crossed_allowance, crossed_balance
 from tollgate_core.domain.usage import RejectReason, UsageEvent, UsageRejected, parse_usage_event
 from tollgate_core.engines.catalog_cache import CatalogCache
+from tollgate_core.engines.pricing import Pricing, resolve
 from tollgate_core.observability import (
     BATCH_SECONDS,
     EVENTS_DEAD_LETTERED,
@@ -41,12 +44,18 @@ from tollgate_core.observability import (
 )
 from tollgate_core.resources.offer import Period
 from tollgate_core.settings import ChargingSettings
-from tollgate_core.store import outbox, rating_repo
+from tollgate_core.store import outbox, rating_repo, thresholds_repo
 from tollgate_core.store.db import Connection, Pool, tenant_tx
-from tollgate_core.store.rating_repo import ActiveSubscription, BucketKey, PaidKey, RatedRow
+from tollgate_core.store.rating_repo import (
+    AccountState,
+    ActiveSubscription,
+    BucketKey,
+    PaidKey,
+    RatedRow,
+)
+from tollgate_core.store.thresholds_repo import Crossing
 
 log = structlog.get_logger(__name__)
-_MONTH = Period.MONTH  # paid-usage tiers count per calendar month of the tenant's timezone
 
 
 class Message(Protocol):
@@ -71,14 +80,21 @@ class BatchOutcome:
 class _Work:
     """Mutable state of one batch while it is rated."""
 
-    allowances: dict[BucketKey, tuple[int, int]]
+    allowances: dict[BucketKey, tuple[int, int, int]]
     paid: dict[PaidKey, int]
-    balances: dict[str, tuple[int, int | None]]
+    balances: dict[str, AccountState]
     rated: list[RatedRow] = field(default_factory=list)
     transfers: list[Transfer] = field(default_factory=list)
     rejects: list[tuple[str, UsageRejected]] = field(default_factory=list)
     allowance_changed: set[BucketKey] = field(default_factory=set)
     paid_changed: set[PaidKey] = field(default_factory=set)
+    offers: dict[uuid.UUID, tuple[uuid.UUID, CompiledOffer]] = field(default_factory=dict)
+    """subscription → (customer, offer) of every subscription rated in the batch"""
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        self.allowances_before = dict(self.allowances)
+        self.balances_before = dict(self.balances)
 
 
 def message_key(msg: Message, index: int) -> str:
@@ -136,47 +152,27 @@ class ChargingEngine:
             EVENTS_DEAD_LETTERED.labels(self.tenant, refusal.reason.value).inc()
         return outcome
 
-    def _plan_for(self, event: UsageEvent, subs: list[ActiveSubscription]
-                  ) -> tuple[int, Catalog, list[tuple[ActiveSubscription, CompiledOffer]]]:
-        found = self.catalog.at(event.start_time)
-        if found is None:
-            raise UsageRejected(RejectReason.NO_VALID_OFFER, "the tenant has no catalog yet")
-        revision, catalog = found
-        offers = [(s, catalog.offers[s.offer]) for s in subs if s.offer in catalog.offers]
-        if not offers:
-            raise UsageRejected(RejectReason.NO_VALID_OFFER,
-                                f"no subscribed offer exists in catalog revision {revision}")
-        return revision, catalog, offers
-
     async def _rate(self, conn: Connection, events: list[UsageEvent]) -> _Work:
         subs_by_subscriber = await rating_repo.active_subscriptions(
             conn, sorted({e.subscriber for e in events}))
-        plans: dict[str, tuple[int, Catalog, list[tuple[ActiveSubscription, CompiledOffer]]]] = {}
+        pricings: dict[str, Pricing] = {}
         early_rejects: list[tuple[str, UsageRejected]] = []
         wanted_allowances: dict[BucketKey, int] = {}
         wanted_paid: list[PaidKey] = []
         accounts: list[str] = []
         for event in events:
-            subs = subs_by_subscriber.get(event.subscriber)
             try:
-                if not subs:
-                    raise UsageRejected(RejectReason.UNKNOWN_SUBSCRIBER,
-                                        f"no active subscription for {event.subscriber!r}")
-                plan = self._plan_for(event, subs)
+                pricing = resolve(self.catalog, event.subscriber,
+                                  subs_by_subscriber.get(event.subscriber), event.start_time)
             except UsageRejected as rejected:
                 early_rejects.append((event.id, rejected))
                 continue
-            plans[event.id] = plan
-            _, catalog, offers = plan
-            for sub, offer in offers:
-                for rule in offer.allowances:
-                    if rule.service is event.service:
-                        start = period_start(event.start_time, rule.period, catalog.timezone)
-                        wanted_allowances[(sub.subscription_id, rule.name, start)] = rule.quantity
-                if event.service in offer.usage:
-                    start = period_start(event.start_time, _MONTH, catalog.timezone)
-                    wanted_paid.append((sub.subscription_id, event.service.value, start))
-            accounts.append(customer_account(str(offers[0][0].customer_id)))
+            pricings[event.id] = pricing
+            wanted_allowances.update(pricing.allowance_keys(event.service))
+            paid_key = pricing.paid_key(event.service)
+            if paid_key is not None:
+                wanted_paid.append(paid_key)
+            accounts.append(customer_account(str(pricing.owner.customer_id)))
         work = _Work(
             allowances=await rating_repo.lock_allowances(conn, self.tenant, wanted_allowances),
             paid=await rating_repo.lock_paid_usage(conn, self.tenant, wanted_paid),
@@ -184,64 +180,56 @@ class ChargingEngine:
         )
         work.rejects.extend(early_rejects)
         for event in events:
-            if event.id in plans:
+            if event.id in pricings:
                 try:
-                    self._rate_one(event, *plans[event.id], work)
+                    self._rate_one(event, pricings[event.id], work)
                 except UsageRejected as rejected:
                     work.rejects.append((event.id, rejected))
         return work
 
-    def _rate_one(self, event: UsageEvent, revision: int, catalog: Catalog,
-                  offers: list[tuple[ActiveSubscription, CompiledOffer]], work: _Work) -> None:
+    def _rate_one(self, event: UsageEvent, pricing: Pricing, work: _Work) -> None:
+        for sub, offer in pricing.offers:
+            work.offers[sub.subscription_id] = (sub.customer_id, offer)
+        work.timezone = pricing.catalog.timezone
         buckets = []
-        for sub, offer in offers:
-            for rule in offer.allowances:
-                if rule.service is event.service:
-                    key = (sub.subscription_id, rule.name,
-                           period_start(event.start_time, rule.period, catalog.timezone))
-                    quantity, used = work.allowances[key]
-                    buckets.append(AllowanceBucket(key[0], key[1], key[2], quantity, used))
-        priced = next(((s, o) for s, o in offers if event.service in o.usage), None)
-        tariff = priced[1].usage[event.service] if priced else None
-        paid_key = None
-        if priced is not None:
-            paid_key = (priced[0].subscription_id, event.service.value,
-                        period_start(event.start_time, _MONTH, catalog.timezone))
+        for key, _ in pricing.allowance_keys(event.service):
+            quantity, used, reserved = work.allowances[key]
+            buckets.append(AllowanceBucket(key[0], key[1], key[2], quantity, used, reserved))
+        priced = pricing.tariff(event.service)
+        paid_key = pricing.paid_key(event.service)
         already_paid = work.paid[paid_key] if paid_key else 0
-        rating = rate(event.quantity, buckets, tariff, already_paid)
+        rating = rate(event.quantity, buckets, priced[1] if priced else None, already_paid)
         if rating is None:
             raise UsageRejected(RejectReason.NO_PRICE,
                                 f"no usage price for {event.service} beyond the allowances")
         for draw in rating.draws:
             key = (draw.subscription_id, draw.allowance, draw.period_start)
-            quantity, used = work.allowances[key]
-            work.allowances[key] = (quantity, used + draw.units)
+            quantity, used, reserved = work.allowances[key]
+            work.allowances[key] = (quantity, used + draw.units, reserved)
             work.allowance_changed.add(key)
         if paid_key is not None and rating.chargeable_units:
             work.paid[paid_key] = already_paid + rating.chargeable_units
             work.paid_changed.add(paid_key)
-        owner = (priced or offers[0])[0]
+        owner = pricing.owner_for(event.service)
         amount = rating.amount_micros
         work.rated.append(RatedRow(
             uuid.UUID(event.id), owner.subscription_id, owner.customer_id, event.service.value,
             event.quantity, sum(d.units for d in rating.draws), rating.chargeable_units, amount,
-            catalog.currency, rating.price_name, revision, event.start_time))
+            pricing.catalog.currency, rating.price_name, pricing.revision, event.start_time))
         if amount:
-            self._charge(event.id, owner, amount, catalog.currency, work)
+            self._charge(event.id, owner, amount, pricing.catalog.currency, work)
 
     def _charge(self, event_id: str, owner: ActiveSubscription, amount: int, currency: str,
                 work: _Work) -> None:
         account = customer_account(str(owner.customer_id))
         revenue = revenue_account("usage")
-        balance, floor = work.balances[account]
-        if owner.payment_type == "prepaid" and floor is not None:
-            from_balance, overage = split_prepaid(amount, balance, floor)
-        else:
-            from_balance, overage = amount, 0
+        state = work.balances[account]
+        from_balance, overage = split_prepaid(amount, state.spendable_micros)
         if from_balance:
             work.transfers.append(Transfer(transfer_id(event_id, "charge"), account, revenue,
                                            from_balance, currency, TransferCode.USAGE, event_id))
-            work.balances[account] = (balance - from_balance, floor)
+            work.balances[account] = replace(state,
+                                             balance_micros=state.balance_micros - from_balance)
         if overage:
             work.transfers.append(Transfer(
                 transfer_id(event_id, "overage"), overage_account(str(owner.customer_id)),
@@ -254,6 +242,7 @@ class ChargingEngine:
             conn, {k: work.allowances[k][1] for k in work.allowance_changed})
         await rating_repo.save_paid_usage(conn, {k: work.paid[k] for k in work.paid_changed})
         balances = await rating_repo.post_transfers(conn, self.tenant, work.transfers)
+        await thresholds_repo.record(conn, self.tenant, self._crossings(work, balances))
         dead = [(key, payloads[key].subject, r.reason.value, r.detail, payloads[key].data)
                 for key, r in work.rejects]
         await rating_repo.insert_dead_letters(conn, self.tenant, dead)
@@ -273,8 +262,33 @@ class ChargingEngine:
         outcome.dead_lettered = len(dead)
         outcome.balances = balances
 
-    async def run(self, nc: Client, js: JetStreamContext, stop: asyncio.Event) -> None:
-        """Pull, rate, commit, ack, until `stop` is set."""
+    def _crossings(self, work: _Work, balances: dict[str, int]) -> list[Crossing]:
+        crossings: list[Crossing] = []
+        for key in work.allowance_changed:
+            subscription_id, allowance, period = key
+            customer_id, offer = work.offers[subscription_id]
+            quantity, before, _ = work.allowances_before[key]
+            after = work.allowances[key][1]
+            crossings.extend(
+                Crossing(subscription_id, customer_id, rule, period,
+                         {"usedUnits": after, "quantity": quantity})
+                for rule in crossed_allowance(offer.thresholds, allowance, quantity, before,
+                                              after))
+        month = period_start(datetime.now(UTC), Period.MONTH, work.timezone)
+        for customer_id, offer in set(work.offers.values()):
+            account = customer_account(str(customer_id))
+            if account in balances and account in work.balances_before:
+                crossings.extend(
+                    Crossing(customer_id, customer_id, rule, month,
+                             {"balanceMicros": balances[account]})
+                    for rule in crossed_balance(offer.thresholds,
+                                                work.balances_before[account].balance_micros,
+                                                balances[account]))
+        return crossings
+
+    async def run(self, nc: Client, js: JetStreamContext, stop: asyncio.Event,
+                  ready: asyncio.Event | None = None) -> None:
+        """Pull, rate, commit, ack, until `stop` is set; `ready` is set once consuming."""
         subscription = await js.pull_subscribe(
             f"tg.{self.tenant}.usage.>", durable=self.consumer, stream="USAGE",
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
@@ -283,6 +297,8 @@ class ChargingEngine:
         relay = asyncio.create_task(outbox.relay_forever(self.pool, js, self.tenant,
                                                          self.outbox_wake))
         log.info("charging engine started", tenant=self.tenant, consumer=self.consumer)
+        if ready is not None:
+            ready.set()
         try:
             while not stop.is_set():
                 try:

@@ -1,4 +1,5 @@
-"""Run the charging engine of one tenant: connect, declare streams, pull until stopped."""
+"""Run the charging process of one tenant: offline rating and online charging side by side,
+sharing one catalog cache, until stopped."""
 
 from __future__ import annotations
 
@@ -8,19 +9,52 @@ import structlog
 
 from tollgate_core.bus.nats import connect, ensure_streams
 from tollgate_core.engines.charging import ChargingEngine
+from tollgate_core.engines.online import OnlineCharging, OnlinePolicy, serve
 from tollgate_core.settings import ChargingSettings
-from tollgate_core.store.db import create_pool
+from tollgate_core.store import catalog_repo
+from tollgate_core.store.db import Pool, create_pool, tenant_tx
 
 log = structlog.get_logger(__name__)
 
 
-async def run_charging(settings: ChargingSettings, stop: asyncio.Event) -> None:
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+async def online_policy(pool: Pool, tenant: str) -> OnlinePolicy:
+    async with tenant_tx(pool, tenant, readonly=True) as conn:
+        spec = await catalog_repo.get_tenant(conn, tenant)
+    if spec is None:
+        return OnlinePolicy()
+    return OnlinePolicy(validity_s=spec.charging.reservation_validity_seconds,
+                        failure_handling=spec.charging.failure_handling,
+                        continue_quota_units=spec.charging.continue_quota_units)
+
+
+async def _all_set(*events: asyncio.Event) -> None:
+    for event in events:
+        await event.wait()
+
+
+async def run_charging(settings: ChargingSettings, stop: asyncio.Event,
+                       ready: asyncio.Event | None = None) -> None:
+    """`ready` is set once usage is being consumed and charge requests are answered."""
+    pool = await create_pool(settings.database_url, min_size=2, max_size=8)
     nc = await connect(settings.nats_url, name=f"charging-{settings.tenant}")
     try:
         js = nc.jetstream()
         await ensure_streams(js)
-        await ChargingEngine(settings, pool).run(nc, js, stop)
+        offline = ChargingEngine(settings, pool)
+        online = OnlineCharging(settings.tenant, pool, offline.catalog,
+                                await online_policy(pool, settings.tenant))
+        offline_ready, online_ready = asyncio.Event(), asyncio.Event()
+        tasks = [asyncio.create_task(offline.run(nc, js, stop, offline_ready)),
+                 asyncio.create_task(serve(nc, online, stop, online_ready))]
+        if ready is not None:
+            both_ready = asyncio.create_task(_all_set(offline_ready, online_ready))
+            done, _ = await asyncio.wait([*tasks, both_ready],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if both_ready in done:
+                ready.set()
+            else:
+                both_ready.cancel()
+        await asyncio.gather(*tasks)
     finally:
         await nc.close()  # acks were flushed after each batch; nothing left to drain
         await pool.close()

@@ -67,9 +67,19 @@ async def active_subscriptions(conn: Connection,
     return found
 
 
+async def active_subscriptions_by_id(conn: Connection, subscription_ids: Sequence[uuid.UUID]
+                                     ) -> list[ActiveSubscription]:
+    rows = await conn.fetch(
+        "SELECT s.subscription_id, s.customer_id, s.offer, s.subscriber, s.started_at,"
+        " c.payment_type FROM subscriptions s JOIN customers c USING (tenant_id, customer_id)"
+        " WHERE s.subscription_id = ANY($1::uuid[])", list(subscription_ids))
+    return [ActiveSubscription(**dict(r)) for r in rows]
+
+
 async def lock_allowances(conn: Connection, tenant: str,
-                          wanted: dict[BucketKey, int]) -> dict[BucketKey, tuple[int, int]]:
-    """Create missing period rows with their quantity, lock all; return key → (quantity, used)."""
+                          wanted: dict[BucketKey, int]) -> dict[BucketKey, tuple[int, int, int]]:
+    """Create missing period rows with their quantity, lock all;
+    return key → (quantity, used, reserved)."""
     if not wanted:
         return {}
     keys = sorted(wanted)
@@ -79,12 +89,12 @@ async def lock_allowances(conn: Connection, tenant: str,
         " quantity) SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::date[], $5::bigint[])"
         " ON CONFLICT DO NOTHING", tenant, subs, names, periods, [wanted[k] for k in keys])
     rows = await conn.fetch(
-        "SELECT a.subscription_id, a.allowance, a.period_start, a.quantity, a.used"
+        "SELECT a.subscription_id, a.allowance, a.period_start, a.quantity, a.used, a.reserved"
         " FROM allowance_usage a JOIN unnest($1::uuid[], $2::text[], $3::date[]) AS k(s, n, p)"
         " ON a.subscription_id = k.s AND a.allowance = k.n AND a.period_start = k.p"
         " ORDER BY 1, 2, 3 FOR UPDATE OF a", subs, names, periods)
-    return {(r["subscription_id"], r["allowance"], r["period_start"]): (r["quantity"], r["used"])
-            for r in rows}
+    return {(r["subscription_id"], r["allowance"], r["period_start"]):
+            (r["quantity"], r["used"], r["reserved"]) for r in rows}
 
 
 async def lock_paid_usage(conn: Connection, tenant: str,
@@ -105,16 +115,30 @@ async def lock_paid_usage(conn: Connection, tenant: str,
     return {(r["subscription_id"], r["service"], r["period_start"]): r["units"] for r in rows}
 
 
-async def lock_balances(conn: Connection,
-                        accounts: Sequence[str]) -> dict[str, tuple[int, int | None]]:
-    """Lock ledger accounts; return account → (balance, floor)."""
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    balance_micros: int
+    pending_micros: int
+    floor_micros: int | None
+
+    @property
+    def spendable_micros(self) -> int | None:
+        """What may still be debited; None when the account has no floor."""
+        if self.floor_micros is None:
+            return None
+        return max(self.balance_micros - self.pending_micros - self.floor_micros, 0)
+
+
+async def lock_balances(conn: Connection, accounts: Sequence[str]) -> dict[str, AccountState]:
+    """Lock ledger accounts in id order (no deadlocks between engines)."""
     if not accounts:
         return {}
     rows = await conn.fetch(
-        "SELECT account_id, balance_micros, floor_micros FROM ledger_accounts"
+        "SELECT account_id, balance_micros, pending_micros, floor_micros FROM ledger_accounts"
         " WHERE account_id = ANY($1::text[]) ORDER BY account_id FOR UPDATE",
         sorted(set(accounts)))
-    return {r["account_id"]: (r["balance_micros"], r["floor_micros"]) for r in rows}
+    return {r["account_id"]: AccountState(r["balance_micros"], r["pending_micros"],
+                                          r["floor_micros"]) for r in rows}
 
 
 async def save_allowances(conn: Connection, used: dict[BucketKey, int]) -> None:

@@ -62,9 +62,12 @@ CREATE TABLE ledger_accounts (
     kind            text NOT NULL,
     currency        char(3) NOT NULL,
     balance_micros  bigint NOT NULL DEFAULT 0,
-    -- a prepaid balance may not go below its floor (minus the credit limit); NULL: no floor
+    -- debits reserved by online charging and not yet posted or voided (two-phase transfers)
+    pending_micros  bigint NOT NULL DEFAULT 0 CHECK (pending_micros >= 0),
+    -- a prepaid balance, less what is reserved, may not go below its floor (minus the credit
+    -- limit); NULL: no floor (postpaid, system accounts)
     floor_micros    bigint,
-    CHECK (floor_micros IS NULL OR balance_micros >= floor_micros),
+    CHECK (floor_micros IS NULL OR balance_micros - pending_micros >= floor_micros),
     PRIMARY KEY (tenant_id, account_id)
 );
 
@@ -90,7 +93,9 @@ CREATE TABLE allowance_usage (
     allowance        text NOT NULL,
     period_start     date NOT NULL,
     quantity         bigint NOT NULL CHECK (quantity >= 0),
-    used             bigint NOT NULL DEFAULT 0 CHECK (used >= 0 AND used <= quantity),
+    used             bigint NOT NULL DEFAULT 0 CHECK (used >= 0),
+    reserved         bigint NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    CHECK (used + reserved <= quantity),
     PRIMARY KEY (tenant_id, subscription_id, allowance, period_start)
 );
 
@@ -122,6 +127,42 @@ CREATE TABLE rated_usage (
     FOREIGN KEY (tenant_id, catalog_revision) REFERENCES catalog_revisions
 );
 CREATE INDEX rated_usage_by_customer ON rated_usage (tenant_id, customer_id, start_time DESC);
+
+-- Online charging: a reservation is a pending transfer of money and/or allowance units,
+-- then posted (commit) or voided (release, expiry). (session_id, request_number) makes a
+-- retried reserve return the first answer.
+CREATE TABLE reservations (
+    tenant_id         text NOT NULL REFERENCES tenants,
+    reservation_id    uuid NOT NULL,
+    session_id        text NOT NULL,
+    request_number    integer NOT NULL CHECK (request_number >= 0),
+    subscription_id   uuid NOT NULL,
+    customer_id       uuid NOT NULL,
+    service           text NOT NULL,
+    granted_units     bigint NOT NULL CHECK (granted_units >= 0),
+    allowance_units   jsonb NOT NULL,  -- [[allowance, period_start, units], …] reserved
+    pending_micros    bigint NOT NULL CHECK (pending_micros >= 0),
+    catalog_revision  integer NOT NULL,
+    state             text NOT NULL CHECK (state IN ('pending', 'posted', 'voided', 'expired')),
+    used_units        bigint,
+    charged_micros    bigint,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    expires_at        timestamptz NOT NULL,
+    closed_at         timestamptz,
+    PRIMARY KEY (tenant_id, reservation_id),
+    UNIQUE (tenant_id, session_id, request_number)
+);
+CREATE INDEX reservations_expiring ON reservations (expires_at) WHERE state = 'pending';
+
+-- Each threshold fires once per subscription (or customer) and period.
+CREATE TABLE threshold_notifications (
+    tenant_id      text NOT NULL REFERENCES tenants,
+    owner_id       uuid NOT NULL,
+    threshold_key  text NOT NULL,
+    period_start   date NOT NULL,
+    crossed_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, owner_id, threshold_key, period_start)
+);
 
 -- Consumers record each event they handled in the same transaction as its effect.
 CREATE TABLE inbox (
@@ -173,7 +214,8 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['tenants', 'catalog_revisions', 'customers', 'subscriptions',
         'ledger_accounts', 'transfers', 'allowance_usage', 'paid_usage', 'rated_usage', 'inbox',
-        'dead_letters', 'outbox', 'idempotency_keys']
+        'dead_letters', 'outbox', 'idempotency_keys', 'reservations',
+        'threshold_notifications']
     LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);

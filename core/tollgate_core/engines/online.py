@@ -1,0 +1,307 @@
+"""Online (prepaid) charging over NATS request/reply: reserve → commit → release.
+
+A reservation holds allowance units and money (a pending two-phase transfer); commit posts
+what was used and voids the rest; release and expiry void all of it. Each request runs in one
+transaction that locks the counters and the account row, so concurrent sessions on one
+account never overspend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from tollgate_core.domain.events import DomainEvent
+from tollgate_core.domain.ledger import (
+    Transfer,
+    TransferCode,
+    customer_account,
+    overage_account,
+    revenue_account,
+    split_prepaid,
+    transfer_id,
+)
+from tollgate_core.domain.online import ResultCode, decide_grant, settle
+from tollgate_core.domain.rating import AllowanceBucket
+from tollgate_core.domain.usage import UsageRejected
+from tollgate_core.engines.catalog_cache import CatalogCache
+from tollgate_core.engines.pricing import at_revision, resolve
+from tollgate_core.resources.offer import Service
+from tollgate_core.resources.tenant import FailureHandling
+from tollgate_core.store import outbox, rating_repo, reservations_repo
+from tollgate_core.store.db import Connection, Pool, tenant_tx
+from tollgate_core.store.rating_repo import RatedRow
+from tollgate_core.store.reservations_repo import Reservation
+
+log = structlog.get_logger(__name__)
+
+REQUESTS_IN_FLIGHT_MAX = 64
+"""Requests handled at once per process; beyond this NATS buffers them (back-pressure)."""
+UNITS_MAX = 10**12
+EXPIRY_BATCH_MAX = 200
+_OUTAGES = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
+
+
+class BadRequest(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class OnlinePolicy:
+    validity_s: int = 300
+    failure_handling: FailureHandling = FailureHandling.TERMINATE
+    continue_quota_units: int = 0
+
+
+def _field(body: dict[str, Any], key: str, kind: type) -> Any:
+    value = body.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadRequest(f"{key}: required {kind.__name__}")
+    return value
+
+
+def _units(body: dict[str, Any], key: str) -> int:
+    value: int = _field(body, key, int)
+    if not 0 <= value <= UNITS_MAX:
+        raise BadRequest(f"{key}: must be between 0 and {UNITS_MAX}")
+    return value
+
+
+class OnlineCharging:
+    """The reserve/commit/release decisions of one tenant, against PostgreSQL."""
+
+    def __init__(self, tenant: str, pool: Pool, catalog: CatalogCache,
+                 policy: OnlinePolicy) -> None:
+        self.tenant = tenant
+        self.pool = pool
+        self.catalog = catalog
+        self.policy = policy
+
+    async def reserve(self, body: dict[str, Any]) -> dict[str, Any]:
+        session_id: str = _field(body, "sessionId", str)
+        request_number: int = _units(body, "requestNumber")
+        subscriber: str = _field(body, "subscriber", str)
+        try:
+            service = Service(_field(body, "service", str))
+        except ValueError as exc:
+            raise BadRequest("service: unknown service") from exc
+        requested = _units(body, "units")
+        async with tenant_tx(self.pool, self.tenant) as conn:
+            previous = await reservations_repo.find_by_request(conn, session_id, request_number)
+            if previous is not None:  # a retry: the first answer stands
+                return self._granted(previous)
+            await self.catalog.refresh(conn)
+            now = datetime.now(UTC)
+            subs = await rating_repo.active_subscriptions(conn, [subscriber])
+            try:
+                pricing = resolve(self.catalog, subscriber, subs.get(subscriber), now)
+            except UsageRejected as rejected:
+                code = (ResultCode.USER_UNKNOWN if rejected.reason == "UNKNOWN_SUBSCRIBER"
+                        else ResultCode.RATING_FAILED)
+                return {"result": code, "detail": rejected.detail}
+            keys = pricing.allowance_keys(service)
+            locked = await rating_repo.lock_allowances(conn, self.tenant, dict(keys))
+            buckets = [AllowanceBucket(k[0], k[1], k[2], *locked[k]) for k, _ in keys]
+            priced = pricing.tariff(service)
+            paid_key = pricing.paid_key(service)
+            paid = (await rating_repo.lock_paid_usage(conn, self.tenant, [paid_key]))[paid_key] \
+                if paid_key else 0
+            owner = pricing.owner_for(service)
+            account = customer_account(str(owner.customer_id))
+            state = (await rating_repo.lock_balances(conn, [account]))[account]
+            grant = decide_grant(requested, buckets, priced[1] if priced else None, paid,
+                                 state.spendable_micros)
+            if grant.units == 0:
+                return {"result": ResultCode.CREDIT_LIMIT_REACHED if requested
+                        else ResultCode.SUCCESS, "grantedUnits": 0}
+            reservation = Reservation(
+                reservation_id=uuid.uuid4(), session_id=session_id,
+                request_number=request_number, subscription_id=owner.subscription_id,
+                customer_id=owner.customer_id, service=service.value, granted_units=grant.units,
+                allowance_units=[[str(d.subscription_id), d.allowance,
+                                  d.period_start.isoformat(), d.units] for d in grant.draws],
+                pending_micros=grant.amount_micros, catalog_revision=pricing.revision,
+                state="pending", used_units=None, charged_micros=None,
+                expires_at=now + timedelta(seconds=self.policy.validity_s))
+            await reservations_repo.insert(conn, self.tenant, reservation)
+            await reservations_repo.hold(
+                conn, account,
+                [((d.subscription_id, d.allowance, d.period_start), d.units) for d in grant.draws],
+                grant.amount_micros)
+            return self._granted(reservation)
+
+    def _granted(self, r: Reservation) -> dict[str, Any]:
+        return {"result": ResultCode.SUCCESS, "reservationId": str(r.reservation_id),
+                "grantedUnits": r.granted_units, "validitySeconds": self.policy.validity_s,
+                "expiresAt": r.expires_at.isoformat()}
+
+    async def commit(self, body: dict[str, Any]) -> dict[str, Any]:
+        reservation_id = self._reservation_id(body)
+        used = _units(body, "usedUnits")
+        async with tenant_tx(self.pool, self.tenant) as conn:
+            r = await reservations_repo.lock(conn, reservation_id)
+            if r is None:
+                return {"result": ResultCode.UNKNOWN_RESERVATION}
+            if r.state == "posted" and r.used_units == min(used, r.granted_units):
+                return self._committed(r, r.used_units, r.charged_micros or 0)
+            if r.state != "pending":
+                return {"result": ResultCode.RESERVATION_CLOSED, "state": r.state}
+            charged_units = min(used, r.granted_units)  # usage beyond the grant is not granted
+            charged = await self._post(conn, r, charged_units)
+            return self._committed(r, charged_units, charged)
+
+    def _committed(self, r: Reservation, used: int, charged: int) -> dict[str, Any]:
+        return {"result": ResultCode.SUCCESS, "reservationId": str(r.reservation_id),
+                "usedUnits": used, "chargedMicros": charged}
+
+    async def _post(self, conn: Connection, r: Reservation, used: int) -> int:
+        """Post the used part of a reservation and void the rest, in the caller's transaction."""
+        await self.catalog.refresh(conn)
+        subs = await rating_repo.active_subscriptions_by_id(conn, [r.subscription_id])
+        now = datetime.now(UTC)
+        pricing = at_revision(self.catalog, r.catalog_revision, subs, now)
+        service = Service(r.service)
+        priced = pricing.tariff(service) if pricing else None
+        paid_key = pricing.paid_key(service) if pricing else None
+        paid = (await rating_repo.lock_paid_usage(conn, self.tenant, [paid_key]))[paid_key] \
+            if paid_key else 0
+        held = r.held_allowances()
+        result = settle(used, held, priced[1] if priced else None, paid)
+        account = customer_account(str(r.customer_id))
+        await reservations_repo.hold(conn, account, [(k, -u) for k, u in held], -r.pending_micros)
+        await reservations_repo.use_allowances(conn, list(result.draws))
+        if paid_key is not None and result.paid_units:
+            await rating_repo.save_paid_usage(conn, {paid_key: paid + result.paid_units})
+        state = (await rating_repo.lock_balances(conn, [account]))[account]
+        from_balance, overage = split_prepaid(result.amount_micros, state.spendable_micros)
+        cause = str(r.reservation_id)
+        catalog = self.catalog.get(r.catalog_revision)
+        assert catalog is not None, "refresh() loads every revision up to the newest"
+        currency = catalog.currency
+        transfers = []
+        if from_balance:
+            transfers.append(Transfer(transfer_id(cause, "charge"), account,
+                                      revenue_account("usage"), from_balance, currency,
+                                      TransferCode.USAGE, cause))
+        if overage:
+            transfers.append(Transfer(transfer_id(cause, "overage"),
+                                      overage_account(str(r.customer_id)),
+                                      revenue_account("usage"), overage, currency,
+                                      TransferCode.USAGE_OVERAGE, cause))
+        balances = await rating_repo.post_transfers(conn, self.tenant, transfers)
+        await rating_repo.insert_rated(conn, self.tenant, [RatedRow(
+            r.reservation_id, r.subscription_id, r.customer_id, r.service, used,
+            sum(u for _, u in result.draws), result.paid_units, result.amount_micros,
+            currency, priced[1].price_name if priced else None, r.catalog_revision, now)])
+        await reservations_repo.close(conn, r.reservation_id, "posted", used,
+                                      result.amount_micros)
+        if account in balances:
+            await outbox.enqueue(conn, [DomainEvent.new(self.tenant, "balance.updated", {
+                "customerId": str(r.customer_id), "balanceMicros": balances[account],
+                "currency": currency, "cause": "online"})])
+        return result.amount_micros
+
+    def _reservation_id(self, body: dict[str, Any]) -> uuid.UUID:
+        try:
+            return uuid.UUID(_field(body, "reservationId", str))
+        except ValueError as exc:
+            raise BadRequest("reservationId: must be a UUID") from exc
+
+    async def release(self, body: dict[str, Any]) -> dict[str, Any]:
+        reservation_id = self._reservation_id(body)
+        async with tenant_tx(self.pool, self.tenant) as conn:
+            r = await reservations_repo.lock(conn, reservation_id)
+            if r is None:
+                return {"result": ResultCode.UNKNOWN_RESERVATION}
+            if r.state in ("voided", "expired"):
+                return {"result": ResultCode.SUCCESS, "state": r.state}
+            if r.state != "pending":
+                return {"result": ResultCode.RESERVATION_CLOSED, "state": r.state}
+            await self._void(conn, r, "voided")
+            return {"result": ResultCode.SUCCESS, "state": "voided"}
+
+    async def _void(self, conn: Connection, r: Reservation, state: str) -> None:
+        await reservations_repo.hold(conn, customer_account(str(r.customer_id)),
+                                     [(k, -u) for k, u in r.held_allowances()], -r.pending_micros)
+        await reservations_repo.close(conn, r.reservation_id, state)
+
+    async def expire_due(self) -> int:
+        """Void reservations past their validity and return their holds."""
+        async with tenant_tx(self.pool, self.tenant) as conn:
+            due = await reservations_repo.expired(conn, EXPIRY_BATCH_MAX)
+            for reservation_id in due:
+                r = await reservations_repo.lock(conn, reservation_id)
+                assert r is not None
+                await self._void(conn, r, "expired")
+        return len(due)
+
+    async def handle(self, operation: str, payload: bytes) -> dict[str, Any]:
+        """Decode, decide, and map failures to result codes (never an unanswered request)."""
+        try:
+            body = json.loads(payload)
+            if not isinstance(body, dict):
+                raise BadRequest("request must be a JSON object")
+            if operation == "reserve":
+                return await self.reserve(body)
+            if operation == "commit":
+                return await self.commit(body)
+            return await self.release(body)
+        except (BadRequest, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return {"result": ResultCode.INVALID_REQUEST, "detail": str(exc)}
+        except _OUTAGES as exc:
+            log.error("online charging cannot decide", tenant=self.tenant, error=repr(exc))
+            if operation == "reserve" and self.policy.failure_handling is FailureHandling.CONTINUE:
+                return {"result": ResultCode.SUCCESS, "grantedUnits":
+                        self.policy.continue_quota_units, "deferred": True}
+            return {"result": ResultCode.UNABLE_TO_COMPLY}
+
+
+async def serve(nc: Client, online: OnlineCharging, stop: asyncio.Event,
+                ready: asyncio.Event | None = None, sweep_interval_s: float = 1.0) -> None:
+    """Answer `tg.<tenant>.charge.{reserve,commit,release}` (queue group: replicas share)."""
+    slots = asyncio.Semaphore(REQUESTS_IN_FLIGHT_MAX)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(operation: str, msg: Msg) -> None:
+        async with slots:
+            reply = await online.handle(operation, msg.data)
+            await msg.respond(json.dumps(reply, separators=(",", ":")).encode())
+
+    def handler(operation: str) -> Any:
+        async def on_message(msg: Msg) -> None:
+            task = asyncio.create_task(answer(operation, msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return on_message
+
+    subscriptions: list[Subscription] = []
+    for operation in ("reserve", "commit", "release"):
+        subscriptions.append(await nc.subscribe(
+            f"tg.{online.tenant}.charge.{operation}", queue=f"charging-{online.tenant}",
+            cb=handler(operation)))
+    await nc.flush()  # the subscriptions exist on the server before we say we are ready
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.is_set():
+            try:
+                await online.expire_due()
+            except _OUTAGES as exc:
+                log.warning("reservation sweep failed", tenant=online.tenant, error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), sweep_interval_s)
+    finally:
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
+        await asyncio.gather(*tasks, return_exceptions=True)

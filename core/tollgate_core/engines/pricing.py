@@ -1,0 +1,84 @@
+"""What prices a subscriber's usage at a moment: revision, subscribed offers, allowance
+buckets, the usage tariff. Shared by offline rating and online charging."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from tollgate_core.domain.catalog import Catalog, CompiledOffer, UsageTariff
+from tollgate_core.domain.rating import period_start
+from tollgate_core.domain.usage import RejectReason, UsageRejected
+from tollgate_core.engines.catalog_cache import CatalogCache
+from tollgate_core.resources.offer import Period, Service
+from tollgate_core.store.rating_repo import ActiveSubscription
+
+PAID_USAGE_PERIOD = Period.MONTH  # graduated tiers count paid units per calendar month
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    revision: int
+    catalog: Catalog
+    offers: tuple[tuple[ActiveSubscription, CompiledOffer], ...]
+    when: datetime
+
+    def allowance_keys(self, service: Service) -> list[tuple[tuple[uuid.UUID, str, date], int]]:
+        """(bucket key, quantity) of every allowance for `service`, plan first."""
+        keys = []
+        for sub, offer in self.offers:
+            for rule in offer.allowances:
+                if rule.service is service:
+                    start = period_start(self.when, rule.period, self.catalog.timezone)
+                    keys.append(((sub.subscription_id, rule.name, start), rule.quantity))
+        return keys
+
+    def tariff(self, service: Service) -> tuple[ActiveSubscription, UsageTariff] | None:
+        """The usage price of the first subscribed offer that has one for `service`."""
+        for sub, offer in self.offers:
+            if service in offer.usage:
+                return sub, offer.usage[service]
+        return None
+
+    def paid_key(self, service: Service) -> tuple[uuid.UUID, str, date] | None:
+        priced = self.tariff(service)
+        if priced is None:
+            return None
+        start = period_start(self.when, PAID_USAGE_PERIOD, self.catalog.timezone)
+        return priced[0].subscription_id, service.value, start
+
+    @property
+    def owner(self) -> ActiveSubscription:
+        return self.offers[0][0]
+
+    def owner_for(self, service: Service) -> ActiveSubscription:
+        priced = self.tariff(service)
+        return priced[0] if priced else self.owner
+
+
+def resolve(cache: CatalogCache, subscriber: str, subs: list[ActiveSubscription] | None,
+            when: datetime) -> Pricing:
+    """Raise UsageRejected when the line is unknown or no subscribed offer is in the catalog."""
+    if not subs:
+        raise UsageRejected(RejectReason.UNKNOWN_SUBSCRIBER,
+                            f"no active subscription for {subscriber!r}")
+    found = cache.at(when)
+    if found is None:
+        raise UsageRejected(RejectReason.NO_VALID_OFFER, "the tenant has no catalog yet")
+    revision, catalog = found
+    offers = tuple((s, catalog.offers[s.offer]) for s in subs if s.offer in catalog.offers)
+    if not offers:
+        raise UsageRejected(RejectReason.NO_VALID_OFFER,
+                            f"no subscribed offer exists in catalog revision {revision}")
+    return Pricing(revision, catalog, offers, when)
+
+
+def at_revision(cache: CatalogCache, revision: int, subs: list[ActiveSubscription],
+                when: datetime) -> Pricing | None:
+    """The pricing of a reservation at the revision it was granted under."""
+    catalog = cache.get(revision)
+    if catalog is None:
+        return None
+    offers = tuple((s, catalog.offers[s.offer]) for s in subs if s.offer in catalog.offers)
+    return Pricing(revision, catalog, offers, when) if offers else None

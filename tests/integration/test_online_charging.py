@@ -1,0 +1,158 @@
+"""Online (prepaid) charging over NATS request/reply: grants never exceed the balance,
+commits post what was used, releases and expiries return the holds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+from nats.aio.client import Client
+
+from tests.conftest import Servers
+from tests.factories import install_example_catalog, offer_document
+from tests.integration.conftest import Api, StartEngine
+from tollgate_core import catalog_service, customer_service
+from tollgate_core.resources import Offer, parse_resource
+from tollgate_core.store.db import Pool
+
+MIB = 1024**2
+LINE = "491709999999"
+
+
+async def prepaid_line(pool: Pool, tenant: str, top_up: str) -> uuid.UUID:
+    """A prepaid customer on a data-only offer (0.01 EUR per MiB, per started KiB, no
+    allowance), topped up with `top_up` EUR."""
+    await install_example_catalog(pool, tenant)
+    offer = parse_resource(offer_document(tenant, "prepaid-data", prices=[{
+        "name": "data", "priceType": "usage",
+        "usage": {"service": "data", "unit": "bytes", "increment": 1024,
+                  "tiers": [{"from": 0, "unitPrice": "0.01", "per": MIB}]}}]))
+    assert isinstance(offer, Offer)
+    assert (await catalog_service.apply_offer(pool, tenant, "prepaid-data", offer.spec)).valid
+    customer = await customer_service.register_customer(
+        pool, tenant, name="P", email="p@example.de", payment_type="prepaid",
+        customer_type="consumer", idempotency_key="reg")
+    await customer_service.place_order(pool, tenant, customer_id=customer,
+                                       offer="prepaid-data", subscriber=LINE,
+                                       idempotency_key="order")
+    await customer_service.top_up(pool, tenant, customer_id=customer, amount=top_up,
+                                  idempotency_key="topup")
+    return customer
+
+
+async def request(nc: Client, tenant: str, operation: str, **body: Any) -> dict[str, Any]:
+    reply = await nc.request(f"tg.{tenant}.charge.{operation}", json.dumps(body).encode(),
+                             timeout=30)
+    answer: dict[str, Any] = json.loads(reply.data)
+    return answer
+
+
+async def account(servers: Servers, tenant: str, customer: uuid.UUID) -> tuple[int, int]:
+    conn = await asyncpg.connect(servers.owner_dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT balance_micros, pending_micros FROM ledger_accounts WHERE tenant_id = $1"
+            " AND account_id = $2", tenant, f"customer:{customer}")
+    finally:
+        await conn.close()
+    assert row is not None
+    return row["balance_micros"], row["pending_micros"]
+
+
+async def test_reserve_grants_what_the_balance_covers_and_commit_posts_what_was_used(
+        pool: Pool, nats_client: Client, servers: Servers, charging: StartEngine,
+        tenant_name: str) -> None:
+    customer = await prepaid_line(pool, tenant_name, "1.00")
+    await charging(tenant_name)
+    # 1.00 EUR at 0.01 EUR/MiB covers 100 MiB of the 150 MiB asked for.
+    granted = await request(nats_client, tenant_name, "reserve", sessionId="s1",
+                            requestNumber=0, subscriber=LINE, service="data", units=150 * MIB)
+    assert granted["result"] == "SUCCESS"
+    assert granted["grantedUnits"] == 100 * MIB
+    assert await account(servers, tenant_name, customer) == (1_000_000, 1_000_000)
+
+    # A retried reserve (same session and request number) gets the same answer, no new hold.
+    again = await request(nats_client, tenant_name, "reserve", sessionId="s1",
+                          requestNumber=0, subscriber=LINE, service="data", units=150 * MIB)
+    assert again["reservationId"] == granted["reservationId"]
+    assert await account(servers, tenant_name, customer) == (1_000_000, 1_000_000)
+
+    # 60 MiB used: 0.60 EUR posted, the rest of the hold voided: balance 0.40, nothing pending.
+    committed = await request(nats_client, tenant_name, "commit",
+                              reservationId=granted["reservationId"], usedUnits=60 * MIB)
+    assert (committed["result"], committed["chargedMicros"]) == ("SUCCESS", 600_000)
+    assert await account(servers, tenant_name, customer) == (400_000, 0)
+    repeat = await request(nats_client, tenant_name, "commit",
+                           reservationId=granted["reservationId"], usedUnits=60 * MIB)
+    assert repeat == committed
+    assert await account(servers, tenant_name, customer) == (400_000, 0)
+
+
+async def test_concurrent_reservations_never_overspend(
+        pool: Pool, nats_client: Client, servers: Servers, charging: StartEngine,
+        tenant_name: str) -> None:
+    customer = await prepaid_line(pool, tenant_name, "1.00")
+    await charging(tenant_name)
+    # 1,000 sessions at once each want 1 MiB (0.01 EUR); the account is funded for 100.
+    answers = await asyncio.gather(*[
+        request(nats_client, tenant_name, "reserve", sessionId=f"s{i}", requestNumber=0,
+                subscriber=LINE, service="data", units=MIB) for i in range(1000)])
+    granted = [a for a in answers if a["result"] == "SUCCESS"]
+    refused = [a for a in answers if a["result"] == "CREDIT_LIMIT_REACHED"]
+    assert len(granted) == 100
+    assert len(refused) == 900
+    assert all(a["grantedUnits"] == MIB for a in granted)
+    assert await account(servers, tenant_name, customer) == (1_000_000, 1_000_000)
+
+
+async def test_release_and_expiry_return_the_hold(
+        pool: Pool, nats_client: Client, servers: Servers, charging: StartEngine,
+        tenant_name: str) -> None:
+    customer = await prepaid_line(pool, tenant_name, "1.00")
+    await charging(tenant_name)
+    first = await request(nats_client, tenant_name, "reserve", sessionId="a", requestNumber=0,
+                          subscriber=LINE, service="data", units=30 * MIB)
+    second = await request(nats_client, tenant_name, "reserve", sessionId="b", requestNumber=0,
+                           subscriber=LINE, service="data", units=20 * MIB)
+    assert await account(servers, tenant_name, customer) == (1_000_000, 500_000)
+    released = await request(nats_client, tenant_name, "release",
+                             reservationId=first["reservationId"])
+    assert released == {"result": "SUCCESS", "state": "voided"}
+    assert await account(servers, tenant_name, customer) == (1_000_000, 200_000)
+
+    # Let the second reservation's validity lapse; the engine's sweeper voids it.
+    conn = await asyncpg.connect(servers.owner_dsn)
+    try:
+        await conn.execute("UPDATE reservations SET expires_at = now() - interval '1 second'"
+                           " WHERE reservation_id = $1", uuid.UUID(second["reservationId"]))
+        for _ in range(200):
+            state = await conn.fetchval("SELECT state FROM reservations WHERE reservation_id"
+                                        " = $1", uuid.UUID(second["reservationId"]))
+            if state == "expired":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+    assert state == "expired"
+    assert await account(servers, tenant_name, customer) == (1_000_000, 0)
+    late = await request(nats_client, tenant_name, "commit",
+                         reservationId=second["reservationId"], usedUnits=MIB)
+    assert late == {"result": "RESERVATION_CLOSED", "state": "expired"}
+
+
+async def test_bad_requests_get_a_result_code_naming_the_field(
+        api: Api, pool: Pool, nats_client: Client, charging: StartEngine,
+        tenant_name: str) -> None:
+    await prepaid_line(pool, tenant_name, "1.00")
+    await charging(tenant_name)
+    missing = await request(nats_client, tenant_name, "reserve", sessionId="x",
+                            subscriber=LINE, service="data", units=1)
+    assert missing == {"result": "INVALID_REQUEST", "detail": "requestNumber: required int"}
+    unknown = await request(nats_client, tenant_name, "reserve", sessionId="x",
+                            requestNumber=0, subscriber="490000000000", service="data", units=1)
+    assert unknown["result"] == "USER_UNKNOWN"
+    reply = await nats_client.request(f"tg.{tenant_name}.charge.commit", b"not json", timeout=10)
+    assert json.loads(reply.data)["result"] == "INVALID_REQUEST"
