@@ -92,8 +92,8 @@ def test_apply_refuses_an_invalid_offer_naming_file_field_and_rule(tmp_path: Pat
     path.write_text(dump_yaml(offer))
     result = run_cli("apply", "-f", str(path), "--home", str(tmp_path / "home"))
     assert result.returncode == 1
-    assert (f"{path}: spec.prices.0.usage: Value error, tiers[1]: must be contiguous"
-            in result.stderr), result.stderr
+    assert (f"{path}: spec.prices.0.usage: Value error, tiers: must be contiguous (each `from`"
+            " equals the previous `to`), at tiers[1]" in result.stderr), result.stderr
 
 
 def test_apply_refuses_malformed_yaml(tmp_path: Path) -> None:

@@ -8,7 +8,24 @@ import pytest
 
 from tests.factories import EXAMPLES, offer_document
 from tollgate_core.local.apply import load_documents
-from tollgate_core.resources import ResourceError, parse_resource
+from tollgate_core.resources import (
+    ConditionStatus,
+    OfferStatus,
+    PartnerAgreement,
+    ResourceError,
+    TenantPhase,
+    TenantStatus,
+    parse_resource,
+)
+
+PARTNER: dict[str, Any] = {
+    "apiVersion": "bss.tollgate.dev/v1alpha1", "kind": "PartnerAgreement",
+    "metadata": {"name": "p"},
+    "spec": {"tenantRef": {"name": "de"}, "role": "apiConsumer",
+             "partner": {"id": "p", "displayName": "P", "contactEmail": "p@example.com",
+                         "settlementCurrency": "EUR"},
+             "revenueShare": {"model": "percentage", "percent": "10"}},
+}
 
 
 def _errors(document: dict[str, Any]) -> list[str]:
@@ -45,7 +62,16 @@ def test_tiers_must_be_contiguous() -> None:
     doc = offer_document("de", "x", prices=[{
         "name": "data", "priceType": "usage",
         "usage": {"service": "data", "unit": "bytes", "tiers": tiers}}])
-    assert any("tiers[1]: must be contiguous" in e for e in _errors(doc))
+    assert any("must be contiguous" in e and e.endswith("at tiers[1]") for e in _errors(doc))
+
+
+def test_a_repeated_tier_is_not_contiguous() -> None:
+    tiers = [{"from": 0, "to": 10, "unitPrice": "1"}, {"from": 0, "to": 10, "unitPrice": "1"},
+             {"from": 10, "unitPrice": "0.5"}]
+    doc = offer_document("de", "x", prices=[{
+        "name": "data", "priceType": "usage",
+        "usage": {"service": "data", "unit": "bytes", "tiers": tiers}}])
+    assert any("must be contiguous" in e and e.endswith("at tiers[1]") for e in _errors(doc))
 
 
 def test_valid_for_start_before_end() -> None:
@@ -70,3 +96,72 @@ def test_tenant_currency_and_timezone_are_checked() -> None:
     errors = _errors(doc)
     assert any(e.startswith("spec.currency:") and "ISO 4217" in e for e in errors)
     assert any(e.startswith("spec.timezone:") and "IANA" in e for e in errors)
+
+
+def test_partner_settlement_currency_is_an_iso_4217_code() -> None:
+    assert isinstance(parse_resource(PARTNER), PartnerAgreement)
+    doc = {**PARTNER, "spec": {**PARTNER["spec"],
+                               "partner": {**PARTNER["spec"]["partner"],
+                                           "settlementCurrency": "XYZ"}}}
+    errors = _errors(doc)
+    assert any(e.startswith("spec.partner.settlementCurrency:")
+               and "must be an ISO 4217 currency code (e.g. EUR), got 'XYZ'" in e
+               for e in errors), errors
+
+
+@pytest.mark.parametrize(("field", "item"), [
+    ("prices", {"name": "fee", "priceType": "recurring", "recurring": {"amount": "1"}}),
+    ("allowances", {"name": "d", "service": "data", "quantity": 1, "unit": "bytes"}),
+    ("discounts", {"name": "promo", "percent": "10"}),
+])
+def test_offer_lists_refuse_a_repeated_name(field: str, item: dict[str, Any]) -> None:
+    errors = _errors(offer_document("de", "x", **{field: [item, dict(item)]}))
+    assert any(e.startswith(f"spec.{field}:") and "name=" in e and "appears twice" in e
+               for e in errors), errors
+
+
+def test_partner_network_apis_refuse_a_repeated_name() -> None:
+    doc = {**PARTNER, "spec": {**PARTNER["spec"], "networkApis": [{"name": "qod"}] * 2}}
+    assert any(e.startswith("spec.networkApis:") and "name='qod' appears twice" in e
+               for e in _errors(doc))
+
+
+def test_tenant_taxes_refuse_a_repeated_category() -> None:
+    doc = {"apiVersion": "bss.tollgate.dev/v1alpha1", "kind": "Tenant",
+           "metadata": {"name": "xx"},
+           "spec": {"market": "DE", "currency": "EUR",
+                    "taxes": [{"category": "standard", "rate": "19"}] * 2}}
+    assert any(e.startswith("spec.taxes:") and "category='standard' appears twice" in e
+               for e in _errors(doc))
+
+
+def test_one_usage_price_per_service_and_thresholds_name_an_allowance() -> None:
+    usage = {"service": "data", "unit": "bytes", "tiers": [{"from": 0, "unitPrice": "1"}]}
+    doc = offer_document("de", "x", prices=[
+        {"name": n, "priceType": "usage", "usage": usage} for n in ("day", "night")])
+    assert any("prices: at most one usage price per service" in e for e in _errors(doc))
+    doc = offer_document("de", "x", thresholds=[{"allowance": "nope", "percent": 80}])
+    assert any("thresholds: a threshold's allowance must be one of `allowances`" in e
+               and "'nope'" in e for e in _errors(doc))
+
+
+def test_status_as_the_api_server_returns_it_parses_and_round_trips() -> None:
+    returned: dict[str, Any] = {
+        "phase": "Ready", "observedGeneration": 2,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 2}],
+        "kopf": {"progress": {}},  # Kopf's bookkeeping: not part of the model
+    }
+    status = TenantStatus.model_validate(returned)
+    assert status.phase is TenantPhase.READY
+    assert status.conditions[0].status is ConditionStatus.TRUE
+    written = status.model_dump(by_alias=True, mode="json", exclude_none=True)
+    assert written == {**{k: v for k, v in returned.items() if k != "kopf"},
+                       "conditions": [{**returned["conditions"][0], "message": ""}]}
+
+
+def test_status_conditions_are_keyed_by_type() -> None:
+    condition = {"type": "Valid", "status": "True", "reason": "Validated",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    with pytest.raises(ValueError, match="type='Valid' appears twice"):
+        OfferStatus.model_validate({"conditions": [condition, condition]})

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
+
+from tollgate_core.domain.money import ISO_4217_CODES
 
 API_GROUP = "bss.tollgate.dev"
 API_VERSION = "v1alpha1"
@@ -17,6 +32,7 @@ Amount = Annotated[
     str,
     Field(
         pattern=r"^[0-9]{1,12}(\.[0-9]{1,6})?$",
+        max_length=19,
         description="Decimal amount in major currency units, as a string (e.g. \"19.99\"); "
         "at most 6 decimal places.",
     ),
@@ -25,6 +41,7 @@ Percent = Annotated[
     str,
     Field(
         pattern=r"^(100(\.0{1,4})?|[0-9]{1,2}(\.[0-9]{1,4})?)$",
+        max_length=8,
         description="Percentage between 0 and 100 as a decimal string (e.g. \"19\", \"7.5\").",
     ),
 ]
@@ -44,6 +61,73 @@ class Cel:
 
     rule: str
     message: str
+
+
+def validations(rules: Sequence[Cel]) -> list[JsonDict]:
+    """*rules* as the `x-kubernetes-validations` of a CRD schema node."""
+    return [{"rule": rule.rule, "message": rule.message} for rule in rules]
+
+
+ISO_4217_RULE = Cel(
+    "self in [" + ", ".join(f"'{code}'" for code in sorted(ISO_4217_CODES)) + "]",
+    "must be an ISO 4217 currency code (e.g. EUR)",
+)
+
+
+def _iso_4217(value: str) -> str:
+    if value not in ISO_4217_CODES:
+        raise ValueError(f"{ISO_4217_RULE.message}, got {value!r}")
+    return value
+
+
+# An ISO 4217 code: the model checks the standard's table, the CRD runs ISO_4217_RULE.
+CurrencyCode = Annotated[
+    str,
+    Field(pattern=r"^[A-Z]{3}$", max_length=3,
+          json_schema_extra={"x-kubernetes-validations": validations([ISO_4217_RULE])}),
+    AfterValidator(_iso_4217),
+]
+
+
+@dataclass(frozen=True)
+class ListMapKeys:
+    """Marks a list of objects as a map keyed by `keys` (camelCase field names).
+
+    Use as `Annotated[list[Item], ListMapKeys("name")]`: the model refuses two items with the
+    same key, and the CRD says `x-kubernetes-list-type: map`, so the API server refuses them too
+    and server-side apply merges the list item by item.
+    """
+
+    keys: tuple[str, ...]
+
+    def __init__(self, *keys: str) -> None:
+        object.__setattr__(self, "keys", keys)
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._unique, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["x-kubernetes-list-type"] = "map"
+        json_schema["x-kubernetes-list-map-keys"] = list(self.keys)
+        return json_schema
+
+    def _unique(self, items: list[BaseModel]) -> list[BaseModel]:
+        seen: set[tuple[Any, ...]] = set()
+        for item in items:
+            attributes = {field.alias or name: name
+                          for name, field in type(item).model_fields.items()}
+            key = tuple(getattr(item, attributes[k]) for k in self.keys)
+            if key in seen:
+                shown = ", ".join(f"{k}={v!r}" for k, v in zip(self.keys, key, strict=True))
+                raise ValueError(f"{shown} appears twice; each {'+'.join(self.keys)} may "
+                                 "appear once")
+            seen.add(key)
+        return items
 
 
 class Spec(BaseModel):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
 
 from tollgate_core.resources.common import (
     Amount,
     Cel,
+    ListMapKeys,
     Name,
     ObjectMeta,
     Percent,
@@ -76,8 +77,9 @@ class Proration(StrEnum):
 class RecurringPrice(Spec):
     """A fee charged every period."""
 
-    amount: Amount
-    period: Period = Field(default=Period.MONTH)
+    amount: Amount = Field(description="Fee per period, in the tenant's currency "
+                           "(decimal string, e.g. \"19.99\").")
+    period: Period = Field(default=Period.MONTH, description="Billing period: day, week or month.")
     proration: Proration = Field(
         default=Proration.DAILY, description="How a partial first or last period is charged."
     )
@@ -86,7 +88,8 @@ class RecurringPrice(Spec):
 class OneTimePrice(Spec):
     """A fee charged once, when the offer is ordered."""
 
-    amount: Amount
+    amount: Amount = Field(description="One-time fee, in the tenant's currency "
+                           "(decimal string, e.g. \"49\").")
 
 
 class Tier(Spec):
@@ -100,55 +103,66 @@ class Tier(Spec):
                      "e.g. 1048576 for a price per MiB.")
 
 
+_TIERS_START_AT_ZERO = Cel("self.tiers[0].from == 0", "tiers: the first tier must start at 0")
+# The two-variable comprehensions `all(i, t, ...)` (index and element) need Kubernetes >= 1.33:
+# kube-apiserver's CEL base environment adds them at compatibility version 1.32, and an API
+# server accepts new rules only at its own minor version minus one (k8s.io/apiserver
+# pkg/cel/environment/base.go). The one-variable form with `indexOf(t)` finds the first tier
+# *equal* to t, so it let a repeated tier through.
+_TIERS_BOUNDED_BUT_LAST = Cel(
+    "self.tiers.all(i, t, i == size(self.tiers) - 1 || (has(t.to) && t.to > t.from))",
+    "tiers: every tier but the last needs `to` greater than `from`",
+)
+_TIERS_CONTIGUOUS = Cel(
+    "self.tiers.all(i, t, i == 0 || "
+    "(has(self.tiers[i - 1].to) && self.tiers[i - 1].to == t.from))",
+    "tiers: must be contiguous (each `from` equals the previous `to`)",
+)
+
+
 class UsagePrice(Spec):
     """A price for metered usage of one service, in graduated tiers."""
 
-    service: Service
+    service: Service = Field(description="Metered service: data, voice, sms, api or slice.")
     unit: Unit = Field(description="Unit of quantities in this price (bytes, seconds, events).")
     increment: int = Field(
         default=1, ge=1, description="Each event's chargeable quantity is rounded up to a "
         "multiple of this (e.g. 60 for per-minute voice, 1024 for per-KiB data)."
     )
     minimum: int = Field(default=0, ge=0, description="Minimum chargeable quantity per event.")
-    tiers: list[Tier] = Field(min_length=1, max_length=16)
+    tiers: list[Tier] = Field(
+        min_length=1, max_length=16,
+        description="Graduated tiers: the first starts at 0, each `from` equals the previous "
+        "`to`, the last may be open-ended.",
+    )
 
     cel_rules: ClassVar[tuple[Cel, ...]] = (
-        Cel("self.tiers[0].from == 0", "tiers: the first tier must start at 0"),
-        Cel(
-            "self.tiers.all(t, self.tiers.indexOf(t) == size(self.tiers) - 1 || "
-            "(has(t.to) && t.to > t.from))",
-            "tiers: every tier but the last needs `to` greater than `from`",
-        ),
-        Cel(
-            "size(self.tiers) < 2 || self.tiers.all(t, self.tiers.indexOf(t) == 0 || "
-            "self.tiers[self.tiers.indexOf(t) - 1].to == t.from)",
-            "tiers: must be contiguous (each `from` equals the previous `to`)",
-        ),
-    )
+        _TIERS_START_AT_ZERO, _TIERS_BOUNDED_BUT_LAST, _TIERS_CONTIGUOUS)
 
     @model_validator(mode="after")
     def _tiers_ordered_and_contiguous(self) -> UsagePrice:
         if self.tiers[0].from_ != 0:
-            raise ValueError("tiers: the first tier must start at 0")
+            raise ValueError(_TIERS_START_AT_ZERO.message)
         for index, tier in enumerate(self.tiers):
             last = index == len(self.tiers) - 1
             if not last and (tier.to is None or tier.to <= tier.from_):
-                raise ValueError(f"tiers[{index}]: every tier but the last needs `to` greater "
-                                 "than `from`")
+                raise ValueError(f"{_TIERS_BOUNDED_BUT_LAST.message}, at tiers[{index}]")
             if index and self.tiers[index - 1].to != tier.from_:
-                raise ValueError(f"tiers[{index}]: must be contiguous (each `from` equals the "
-                                 "previous `to`)")
+                raise ValueError(f"{_TIERS_CONTIGUOUS.message}, at tiers[{index}]")
         return self
 
 
 class Price(Spec):
     """One ProductOfferingPrice: exactly one of recurring, oneTime or usage, per priceType."""
 
-    name: Name
-    price_type: PriceType
-    recurring: RecurringPrice | None = None
-    one_time: OneTimePrice | None = None
-    usage: UsagePrice | None = None
+    name: Name = Field(description="Name of the price, unique within the offer.")
+    price_type: PriceType = Field(
+        description="recurring, oneTime or usage; names the one field that holds the price.")
+    recurring: RecurringPrice | None = Field(
+        default=None, description="The price when priceType is recurring.")
+    one_time: OneTimePrice | None = Field(
+        default=None, description="The price when priceType is oneTime.")
+    usage: UsagePrice | None = Field(default=None, description="The price when priceType is usage.")
 
     cel_rules: ClassVar[tuple[Cel, ...]] = (
         Cel(
@@ -176,20 +190,24 @@ class Price(Spec):
 class Allowance(Spec):
     """Units included per period, consumed before any paid usage tier."""
 
-    name: Name
-    service: Service
+    name: Name = Field(description="Name of the allowance, unique within the offer.")
+    service: Service = Field(description="Service the units are for: data, voice, sms, api or "
+                             "slice.")
     quantity: int = Field(ge=1, description="Units included per period, in `unit`.")
-    unit: Unit
-    period: Period = Field(default=Period.MONTH)
+    unit: Unit = Field(description="Unit of `quantity`: bytes, seconds, events or units.")
+    period: Period = Field(default=Period.MONTH, description="Period the quantity is granted "
+                           "for: day, week or month.")
     rollover: bool = Field(default=False, description="Unused units carry into the next period.")
 
 
 class Discount(Spec):
     """A percentage or fixed reduction of recurring charges, for a number of cycles."""
 
-    name: Name
-    percent: Percent | None = None
-    fixed: Amount | None = None
+    name: Name = Field(description="Name of the discount, unique within the offer.")
+    percent: Percent | None = Field(
+        default=None, description="Percentage off the recurring charges (decimal string).")
+    fixed: Amount | None = Field(
+        default=None, description="Fixed amount off the recurring charges, per bill cycle.")
     cycles: int | None = Field(default=None, ge=1, description="Bill cycles; omit for ever.")
 
     cel_rules: ClassVar[tuple[Cel, ...]] = (
@@ -208,9 +226,12 @@ class Threshold(Spec):
     """Notify (and optionally suggest an upsell) when usage crosses a level."""
 
     allowance: Name | None = Field(default=None, description="Allowance the percent refers to.")
-    percent: int | None = Field(default=None, ge=1, le=100)
-    balance_below: Amount | None = Field(default=None, description="Monetary balance level.")
-    upsell_offer: Name | None = None
+    percent: int | None = Field(
+        default=None, ge=1, le=100, description="Percent of the allowance used (1-100).")
+    balance_below: Amount | None = Field(
+        default=None, description="Monetary balance level; notify when the balance falls below.")
+    upsell_offer: Name | None = Field(
+        default=None, description="Offer to suggest when the threshold is crossed.")
 
     cel_rules: ClassVar[tuple[Cel, ...]] = (
         Cel(
@@ -233,53 +254,94 @@ class Eligibility(Spec):
 
     requires: list[Name] = Field(default_factory=list, description="Offers the customer must hold.")
     excludes: list[Name] = Field(default_factory=list, description="Offers that rule this out.")
-    customer_type: str = Field(default="any", pattern=r"^(any|consumer|business)$")
+    customer_type: str = Field(default="any", pattern=r"^(any|consumer|business)$",
+                               description="Customer type allowed: any, consumer or business.")
+
+
+_BUNDLE_NEEDS_COMPONENTS = Cel(
+    "self.kind != 'bundle' || size(self.bundle) > 0", "bundle: a bundle needs components")
+# At most 32 x 32 steps (prices has maxItems 32): far below the API server's cost limit.
+_ONE_USAGE_PRICE_PER_SERVICE = Cel(
+    "self.prices.all(p, !has(p.usage) || "
+    "self.prices.exists_one(q, has(q.usage) && q.usage.service == p.usage.service))",
+    "prices: at most one usage price per service",
+)
+_THRESHOLD_ALLOWANCE_DEFINED = Cel(
+    "self.thresholds.all(t, !has(t.allowance) || "
+    "self.allowances.exists(a, a.name == t.allowance))",
+    "thresholds: a threshold's allowance must be one of `allowances`",
+)
 
 
 class OfferSpec(Spec):
     """A product offering of one tenant."""
 
     tenant_ref: Ref = Field(description="The Tenant this offer belongs to.")
-    display_name: str = Field(min_length=1, max_length=120)
-    description: str = Field(default="", max_length=2000)
-    kind: OfferKind = Field(default=OfferKind.PLAN)
-    lifecycle_status: LifecycleStatus = Field(default=LifecycleStatus.ACTIVE)
-    valid_for: ValidFor = Field(default_factory=ValidFor)
-    channels: list[Name] = Field(default_factory=list, max_length=16)
-    segments: list[Name] = Field(default_factory=list, max_length=16)
-    eligibility: Eligibility = Field(default_factory=Eligibility)
-    prices: list[Price] = Field(default_factory=list, max_length=32)
-    allowances: list[Allowance] = Field(default_factory=list, max_length=16)
-    bundle: list[Ref] = Field(default_factory=list, max_length=16)
-    discounts: list[Discount] = Field(default_factory=list, max_length=8)
-    thresholds: list[Threshold] = Field(default_factory=list, max_length=16)
-    partner_ref: Ref | None = None
-    tax_category: Name = Field(default="standard")
+    display_name: str = Field(min_length=1, max_length=120,
+                              description="Name shown to customers in every channel.")
+    description: str = Field(default="", max_length=2000,
+                             description="Marketing description shown to customers.")
+    kind: OfferKind = Field(
+        default=OfferKind.PLAN,
+        description="plan: a base subscription; addon: bought on top of a plan; bundle: a "
+        "package of the offers in `bundle`.",
+    )
+    lifecycle_status: LifecycleStatus = Field(
+        default=LifecycleStatus.ACTIVE,
+        description="draft: not orderable; active: orderable in its validity period; retired: "
+        "no new orders, existing subscriptions keep it.",
+    )
+    valid_for: ValidFor = Field(default_factory=ValidFor,
+                                description="Period in which the offer may be ordered.")
+    channels: list[Name] = Field(default_factory=list, max_length=16,
+                                 description="Sales channels that show the offer (e.g. web, app).")
+    segments: list[Name] = Field(default_factory=list, max_length=16,
+                                 description="Customer segments the offer targets.")
+    eligibility: Eligibility = Field(default_factory=Eligibility,
+                                     description="Who may order the offer.")
+    prices: Annotated[list[Price], ListMapKeys("name")] = Field(
+        default_factory=list, max_length=32,
+        description="ProductOfferingPrices of the offer: recurring fees, one-time fees and "
+        "usage prices in tiers; names are unique, at most one usage price per service.",
+    )
+    allowances: Annotated[list[Allowance], ListMapKeys("name")] = Field(
+        default_factory=list, max_length=16,
+        description="Units included per period, used before any usage price applies; names "
+        "are unique.")
+    bundle: list[Ref] = Field(default_factory=list, max_length=16,
+                              description="Component offers, when kind is bundle.")
+    discounts: Annotated[list[Discount], ListMapKeys("name")] = Field(
+        default_factory=list, max_length=8,
+        description="Discounts on the recurring charges; names are unique.")
+    thresholds: list[Threshold] = Field(
+        default_factory=list, max_length=16,
+        description="Usage or balance levels that notify the customer and may suggest an upsell.")
+    partner_ref: Ref | None = Field(
+        default=None, description="PartnerAgreement whose revenue share applies to the offer.")
+    tax_category: Name = Field(default="standard",
+                               description="Tax category, one of the tenant's `taxes`.")
 
     cel_rules: ClassVar[tuple[Cel, ...]] = (
-        Cel("self.kind != 'bundle' || size(self.bundle) > 0", "bundle: a bundle needs components"),
-    )
+        _BUNDLE_NEEDS_COMPONENTS, _ONE_USAGE_PRICE_PER_SERVICE, _THRESHOLD_ALLOWANCE_DEFINED)
 
     @model_validator(mode="after")
     def _consistent(self) -> OfferSpec:
         if self.kind is OfferKind.BUNDLE and not self.bundle:
-            raise ValueError("bundle: a bundle needs components")
-        for kind, names in (("prices", [p.name for p in self.prices]),
-                            ("allowances", [a.name for a in self.allowances])):
-            if len(names) != len(set(names)):
-                raise ValueError(f"{kind}: names must be unique")
+            raise ValueError(_BUNDLE_NEEDS_COMPONENTS.message)
         services = [p.usage.service for p in self.prices if p.usage is not None]
         if len(services) != len(set(services)):
-            raise ValueError("prices: at most one usage price per service")
+            raise ValueError(_ONE_USAGE_PRICE_PER_SERVICE.message)
         allowance_names = {a.name for a in self.allowances}
         for threshold in self.thresholds:
             if threshold.allowance is not None and threshold.allowance not in allowance_names:
-                raise ValueError(f"thresholds: allowance {threshold.allowance!r} is not defined")
+                raise ValueError(f"{_THRESHOLD_ALLOWANCE_DEFINED.message} "
+                                 f"(no allowance {threshold.allowance!r})")
         return self
 
 
 class Offer(Resource):
-    """The Offer resource."""
+    """A product offering of a tenant (after TMF620 ProductOffering): prices, allowances,
+    discounts; the operator publishes it in a catalog revision."""
 
     metadata: ObjectMeta
     spec: OfferSpec

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
 
 from tollgate_core.resources.common import (
     Amount,
     Cel,
+    CurrencyCode,
+    ListMapKeys,
     Name,
     ObjectMeta,
     Percent,
@@ -36,26 +38,32 @@ class ShareModel(StrEnum):
 class Partner(Spec):
     """Who the partner is."""
 
-    id: Name
-    display_name: str = Field(min_length=1, max_length=120)
-    contact_email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-    settlement_currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
+    id: Name = Field(description="Stable identifier of the partner within the tenant.")
+    display_name: str = Field(min_length=1, max_length=120,
+                              description="Partner name on settlement statements.")
+    contact_email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+                               description="Where settlement statements are sent.")
+    settlement_currency: CurrencyCode = Field(
+        description="ISO 4217 code the partner is settled in, e.g. EUR.")
 
 
 class ShareTier(Spec):
     """Above `fromAmount` of monthly gross, the partner gets `percent`."""
 
-    from_amount: Amount
-    percent: Percent
+    from_amount: Amount = Field(description="Monthly gross revenue from which the tier applies.")
+    percent: Percent = Field(description="Partner share in this tier, in percent.")
 
 
 class RevenueShare(Spec):
     """How revenue from the selected offers is split with the partner."""
 
-    model: ShareModel
+    model: ShareModel = Field(
+        description="percentage: a share of revenue; perUnitFee: a fee per unit used; tiered: "
+        "a share that grows with monthly gross.")
     percent: Percent | None = Field(default=None, description="Partner share, for percentage.")
     per_unit_fee: Amount | None = Field(default=None, description="Fee per unit, for perUnitFee.")
-    tiers: list[ShareTier] = Field(default_factory=list, max_length=8)
+    tiers: list[ShareTier] = Field(default_factory=list, max_length=8,
+                                   description="Share tiers, for tiered.")
     payer: str = Field(default="operator", pattern=r"^(operator|partner)$",
                        description="Who pays the share to whom.")
 
@@ -82,42 +90,58 @@ class RevenueShare(Spec):
 class Settlement(Spec):
     """When and within which bounds the partner is settled."""
 
-    period: str = Field(default="monthly", pattern=r"^(realtime|daily|monthly)$")
-    minimum_guarantee: Amount | None = None
-    cap: Amount | None = None
+    period: str = Field(default="monthly", pattern=r"^(realtime|daily|monthly)$",
+                        description="How often settlement statements are made: realtime, daily "
+                        "or monthly.")
+    minimum_guarantee: Amount | None = Field(
+        default=None, description="Least the partner receives per period.")
+    cap: Amount | None = Field(default=None, description="Most the partner receives per period.")
 
 
 class NetworkApi(Spec):
     """A network API (e.g. CAMARA QoD) the partner may call, and its price."""
 
-    name: Name
-    price_per_call: Amount | None = None
-    rate_limit_per_second: int = Field(default=10, ge=1, le=100_000)
-    monthly_quota: int | None = Field(default=None, ge=1)
+    name: Name = Field(description="Name of the network API, e.g. qod.")
+    price_per_call: Amount | None = Field(
+        default=None, description="Price the partner pays per call; omit for no charge.")
+    rate_limit_per_second: int = Field(default=10, ge=1, le=100_000,
+                                       description="Calls per second allowed.")
+    monthly_quota: int | None = Field(default=None, ge=1,
+                                      description="Calls per month allowed; omit for no quota.")
 
 
 class OfferSelector(Spec):
     """Which offers' revenue is shared."""
 
-    offers: list[Name] = Field(default_factory=list, max_length=64)
-    match_labels: dict[str, str] = Field(default_factory=dict)
+    offers: list[Name] = Field(default_factory=list, max_length=64,
+                               description="Names of Offers of the tenant.")
+    match_labels: dict[str, str] = Field(default_factory=dict,
+                                         description="Labels selecting further Offers.")
 
 
 class PartnerAgreementSpec(Spec):
     """A B2B2X partner agreement of one tenant."""
 
-    tenant_ref: Ref
-    partner: Partner
-    role: PartnerRole
-    offer_selector: OfferSelector = Field(default_factory=OfferSelector)
-    revenue_share: RevenueShare
-    settlement: Settlement = Field(default_factory=Settlement)
-    network_apis: list[NetworkApi] = Field(default_factory=list, max_length=32)
-    valid_for: ValidFor = Field(default_factory=ValidFor)
+    tenant_ref: Ref = Field(description="The Tenant this agreement belongs to.")
+    partner: Partner = Field(description="Who the partner is.")
+    role: PartnerRole = Field(
+        description="contentProvider, reseller, apiConsumer (of network APIs) or mvno.")
+    offer_selector: OfferSelector = Field(default_factory=OfferSelector,
+                                          description="Offers whose revenue is shared.")
+    revenue_share: RevenueShare = Field(description="How revenue is split with the partner.")
+    settlement: Settlement = Field(default_factory=Settlement,
+                                   description="When and within which bounds it is settled.")
+    network_apis: Annotated[list[NetworkApi], ListMapKeys("name")] = Field(
+        default_factory=list, max_length=32,
+        description="Network APIs the partner may call, with prices and limits; names are "
+        "unique.")
+    valid_for: ValidFor = Field(default_factory=ValidFor,
+                                description="Period in which the agreement applies.")
 
 
 class PartnerAgreement(Resource):
-    """The PartnerAgreement resource."""
+    """A B2B2X partner of a tenant: revenue share, settlement and network APIs; the operator
+    compiles it into settlement rules and issues the partner's API key."""
 
     metadata: ObjectMeta
     spec: PartnerAgreementSpec

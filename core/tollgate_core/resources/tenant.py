@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from tollgate_core.domain.money import ISO_4217_CODES
-from tollgate_core.resources.common import Cel, Name, ObjectMeta, Percent, Resource, Spec
+from tollgate_core.resources.common import (
+    Cel,
+    CurrencyCode,
+    ListMapKeys,
+    Name,
+    ObjectMeta,
+    Percent,
+    Resource,
+    Spec,
+)
 
 
 class TaxRule(Spec):
@@ -99,15 +107,22 @@ class EventsSpec(Spec):
 class LegacySpec(Spec):
     """Integration with the legacy system of record."""
 
-    mode: Literal["none", "mirror", "reconcile"] = Field(default="none")
+    mode: Literal["none", "mirror", "reconcile"] = Field(
+        default="none",
+        description="none: no legacy system; mirror: copy rated usage and invoices to it; "
+        "reconcile: also compare against its extracts on `schedule`.",
+    )
     schedule: str | None = Field(default=None, description="Cron schedule of reconciliation.")
 
 
 class ApiSpec(Spec):
     """GraphQL API workload."""
 
-    replicas: int = Field(default=2, ge=0, le=50)
-    hostnames: list[str] = Field(default_factory=list, max_length=16)
+    replicas: int = Field(default=2, ge=0, le=50, description="GraphQL API replicas.")
+    hostnames: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="Host names the API is served on (Ingress or Gateway routes).",
+    )
     auth_issuer: str | None = Field(default=None, description="JWT issuer (OIDC) for customers.")
 
 
@@ -115,23 +130,23 @@ class TenantSpec(Spec):
     """One BSS instance for one market or brand."""
 
     market: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 market code.")
-    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 currency code.")
+    currency: CurrencyCode = Field(
+        description="ISO 4217 currency code every price of the tenant is in, e.g. EUR.")
     timezone: str = Field(default="UTC", description="IANA timezone, e.g. Europe/Berlin.")
-    locale: str = Field(default="en-US", pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$")
-    taxes: list[TaxRule] = Field(default_factory=list, max_length=32)
+    locale: str = Field(
+        default="en-US", pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$",
+        description="BCP 47 language tag for invoices and notifications, e.g. de-DE.",
+    )
+    taxes: Annotated[list[TaxRule], ListMapKeys("category")] = Field(
+        default_factory=list, max_length=32,
+        description="Tax rules by tax category; each category may appear once.",
+    )
     billing: BillingSpec = Field(default_factory=BillingSpec)
     charging: ChargingSpec = Field(default_factory=ChargingSpec)
     database: DatabaseSpec = Field(default_factory=DatabaseSpec)
     events: EventsSpec = Field(default_factory=EventsSpec)
     legacy: LegacySpec = Field(default_factory=LegacySpec)
     api: ApiSpec = Field(default_factory=ApiSpec)
-
-    @field_validator("currency")
-    @classmethod
-    def _iso_currency(cls, value: str) -> str:
-        if value not in ISO_4217_CODES:
-            raise ValueError(f"{value!r} is not an ISO 4217 currency code")
-        return value
 
     @field_validator("timezone")
     @classmethod
@@ -142,16 +157,10 @@ class TenantSpec(Spec):
             raise ValueError(f"{value!r} is not an IANA timezone") from exc
         return value
 
-    @model_validator(mode="after")
-    def _unique_tax_categories(self) -> TenantSpec:
-        names = [t.category for t in self.taxes]
-        if len(names) != len(set(names)):
-            raise ValueError("taxes: each category may appear once")
-        return self
-
 
 class Tenant(Resource):
-    """The Tenant resource."""
+    """One BSS instance for one market or brand; the operator runs its charging, billing and
+    API workloads and keeps its catalog revisions."""
 
     metadata: ObjectMeta
     spec: TenantSpec

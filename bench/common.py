@@ -1,0 +1,139 @@
+"""Shared set-up for benchmarks: throwaway PostgreSQL and NATS, a tenant with the example
+catalog and many subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import secrets
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from tollgate_core import customer_service
+from tollgate_core.bus.nats import connect, ensure_streams
+from tollgate_core.domain.usage import USAGE_EVENT_TYPE
+from tollgate_core.local.apply import apply_resources, load_documents
+from tollgate_core.local.servers import NatsServer, PostgresServer
+from tollgate_core.resources import parse_resource
+from tollgate_core.store.db import Pool, create_pool
+from tollgate_core.store.migrate import migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+@dataclass
+class Env:
+    owner_dsn: str
+    app_dsn: str
+    nats_url: str
+    pool: Pool
+    nc: Client
+
+
+def _workdir() -> Path:
+    base = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
+    base.chmod(0o755)  # PostgreSQL may run as `nobody`
+    return base
+
+
+@asynccontextmanager
+async def environment() -> AsyncIterator[Env]:
+    base = _workdir()
+    postgres = PostgresServer(base / "pgdata", durable=True)
+    nats = NatsServer(base / "nats")
+    postgres.start()
+    nats.start()
+    try:
+        password = secrets.token_urlsafe(16)
+        await migrate(postgres.dsn, password)
+        pool = await create_pool(postgres.dsn_for("tollgate_app", password), max_size=10)
+        nc = await connect(nats.url, name="bench")
+        await ensure_streams(nc.jetstream())
+        try:
+            yield Env(postgres.dsn, postgres.dsn_for("tollgate_app", password), nats.url, pool,
+                      nc)
+        finally:
+            await nc.close()
+            await pool.close()
+    finally:
+        nats.stop()
+        postgres.destroy()
+
+
+async def example_tenant(pool: Pool, tenant: str) -> None:
+    resources = []
+    for resource in load_documents(ROOT / "examples"):
+        document = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if document["kind"] == "Tenant":
+            document["metadata"]["name"] = tenant
+        else:
+            document["spec"]["tenantRef"]["name"] = tenant
+        resources.append(parse_resource(document))
+    report = await apply_resources(pool, resources)  # type: ignore[arg-type]
+    assert not report.errors, report.errors
+
+
+async def subscribers(pool: Pool, tenant: str, count: int, payment_type: str = "postpaid",
+                      offer: str = "mobile-m", top_up: str | None = None) -> list[str]:
+    lines = []
+    for i in range(count):
+        line = f"4917{i:08d}"
+        customer = await customer_service.register_customer(
+            pool, tenant, name=f"C{i}", email=f"c{i}@example.de", payment_type=payment_type,
+            customer_type="consumer", idempotency_key=f"reg-{line}")
+        await customer_service.place_order(pool, tenant, customer_id=customer, offer=offer,
+                                           subscriber=line, idempotency_key=f"ord-{line}")
+        if top_up:
+            await customer_service.top_up(pool, tenant, customer_id=customer, amount=top_up,
+                                          idempotency_key=f"top-{line}")
+        lines.append(line)
+    return lines
+
+
+def usage_bytes(tenant: str, line: str, quantity: int, event_id: str | None = None) -> bytes:
+    now = datetime.now(UTC).isoformat()
+    return json.dumps({
+        "specversion": "1.0", "id": event_id or str(uuid.uuid4()), "source": "bench",
+        "type": USAGE_EVENT_TYPE, "time": now, "tenant": tenant,
+        "data": {"subscriber": line, "service": "data", "quantity": quantity, "unit": "bytes",
+                 "startTime": now, "attributes": {}}}).encode()
+
+
+async def publish_usage(nc: Client, tenant: str, lines: list[str], count: int,
+                        quantity: int = 1_000_000) -> None:
+    js = nc.jetstream()
+    window: list[asyncio.Future[object]] = []
+    for i in range(count):
+        payload = usage_bytes(tenant, lines[i % len(lines)], quantity)
+        window.append(asyncio.ensure_future(js.publish(f"tg.{tenant}.usage.data", payload)))
+        if len(window) >= 1000:
+            await asyncio.gather(*window)
+            window.clear()
+    await asyncio.gather(*window)
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def record(title: str, lines: list[str]) -> None:
+    """Print a result block and replace its section in bench/RESULTS.md."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    block = [f"## {title}", "", f"{stamp} · {machine()}", "", *lines, ""]
+    print("\n".join(block))
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    sections = text.split("\n## ")
+    kept = [s for s in sections[1:] if not s.startswith(title)]
+    RESULTS.write_text("\n## ".join([sections[0].rstrip() + "\n", *kept]).rstrip() + "\n\n"
+                       + "\n".join(block))
