@@ -30,8 +30,10 @@ run: $(STAMP) ## Run the whole BSS locally (PostgreSQL, NATS, demo catalog, char
 	$(BIN)/tollgate dev
 
 .PHONY: crds
-crds: $(STAMP) ## Regenerate crds/ from the resource models
+crds: $(STAMP) ## Regenerate crds/ from the resource models, and the operator chart's copies
 	$(BIN)/python -m tollgate_core.resources.crd crds
+	rm -f charts/tollgate-operator/files/crds/*.yaml
+	cp crds/*.yaml charts/tollgate-operator/files/crds/
 
 ##@ Quality
 
@@ -50,11 +52,20 @@ bench: $(STAMP) ## Benchmarks (figures beside same-run baselines), results in be
 	$(BIN)/python -m bench
 
 ##@ Clusters
+IMAGE ?= tollgate:dev
+
+.PHONY: image
+image: $(STAMP) ## Build the container image $(IMAGE) from wheels made on the host (offline base when no registry)
+	PYTHON=$(BIN)/python hack/build-image.sh $(IMAGE)
+
+.PHONY: charts
+charts: $(STAMP) ## Lint and render the Helm charts; dry-run them on the test API server
+	$(BIN)/pytest tests/operator/test_charts.py
 
 .PHONY: e2e-kind
-e2e-kind: ## End to end on a kind cluster (needs Docker and internet; not run in CI here)
+e2e-kind: $(STAMP) ## End to end on a kind cluster (needs Docker and internet; not run in CI here)
 	hack/e2e-kind.sh
 
 .PHONY: clean
 clean: ## Remove the venv and local data
-	rm -rf $(VENV) .tollgate .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tollgate .mypy_cache .ruff_cache .pytest_cache dist

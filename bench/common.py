@@ -99,6 +99,17 @@ async def subscribers(pool: Pool, tenant: str, count: int, payment_type: str = "
     return lines
 
 
+async def analyze(owner_dsn: str) -> None:
+    """Fresh tables have no statistics yet; production ones do."""
+    import asyncpg
+
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
 def usage_bytes(tenant: str, line: str, quantity: int, event_id: str | None = None) -> bytes:
     now = datetime.now(UTC).isoformat()
     return json.dumps({

@@ -7,8 +7,17 @@ import asyncio
 import time
 
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NotFoundError
 
-from bench.common import environment, example_tenant, publish_usage, record, subscribers
+from bench.common import (
+    Env,
+    analyze,
+    environment,
+    example_tenant,
+    publish_usage,
+    record,
+    subscribers,
+)
 from tollgate_core.engines.charging import ChargingEngine
 from tollgate_core.settings import ChargingSettings
 
@@ -35,28 +44,27 @@ async def raw_pull_ack(env_nc: object, tenant: str, count: int) -> float:
     return done / (time.perf_counter() - started)
 
 
-async def rated_rate(env: object, tenant: str, count: int) -> float:
-    from bench.common import Env
-
-    assert isinstance(env, Env)
+async def rated_rate(env: Env, tenant: str, count: int) -> float:
+    """The engine's own loop (prefetch, rate, commit, ack) until the backlog is gone."""
     js = env.nc.jetstream()
-    engine = ChargingEngine(ChargingSettings(tenant=tenant, database_url=env.app_dsn,
-                                             nats_url=env.nats_url, batch_max=BATCH), env.pool)
-    sub = await js.pull_subscribe(f"tg.{tenant}.usage.>", durable=engine.consumer,
-                                  stream="USAGE",
-                                  config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
-                                                        max_ack_pending=BATCH * 20))
-    done = 0
+    settings = ChargingSettings(tenant=tenant, database_url=env.app_dsn, nats_url=env.nats_url,
+                                batch_max=BATCH)
+    engine = ChargingEngine(settings, env.pool)
+    stop = asyncio.Event()
     started = time.perf_counter()
-    while done < count:
-        messages = await sub.fetch(BATCH, timeout=5)
-        outcome = await engine.process(messages)
-        assert outcome.rated == len(messages), outcome
-        for msg in messages:
-            await msg.ack()
-        await env.nc.flush()
-        done += len(messages)
-    return done / (time.perf_counter() - started)
+    task = asyncio.create_task(engine.run(env.nc, js, stop))
+    while True:
+        await asyncio.sleep(0.02)
+        try:
+            info = await js.consumer_info("USAGE", engine.consumer)
+        except NotFoundError:
+            continue
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            break
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await task
+    return count / elapsed
 
 
 async def main() -> None:
@@ -64,6 +72,7 @@ async def main() -> None:
         tenant = "bench"
         await example_tenant(env.pool, tenant)
         lines = await subscribers(env.pool, tenant, LINES)
+        await analyze(env.owner_dsn)
         await publish_usage(env.nc, tenant, lines, EVENTS)
         baseline = await raw_pull_ack(env.nc, tenant, EVENTS)
         rated = await rated_rate(env, tenant, EVENTS)

@@ -49,6 +49,7 @@ log = structlog.get_logger(__name__)
 REQUESTS_IN_FLIGHT_MAX = 64
 """Requests handled at once per process; beyond this NATS buffers them (back-pressure)."""
 UNITS_MAX = 10**12
+RETRIES_MAX = 3
 EXPIRY_BATCH_MAX = 200
 _OUTAGES = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
 
@@ -172,11 +173,14 @@ class OnlineCharging:
         now = datetime.now(UTC)
         pricing = at_revision(self.catalog, r.catalog_revision, subs, now)
         service = Service(r.service)
+        held = r.held_allowances()
+        # Lock order everywhere: allowances, paid usage, account (no deadlocks with reserve
+        # or offline rating). The held rows exist, so the quantities given here are unused.
+        await rating_repo.lock_allowances(conn, self.tenant, {k: 0 for k, _ in held})
         priced = pricing.tariff(service) if pricing else None
         paid_key = pricing.paid_key(service) if pricing else None
         paid = (await rating_repo.lock_paid_usage(conn, self.tenant, [paid_key]))[paid_key] \
             if paid_key else 0
-        held = r.held_allowances()
         result = settle(used, held, priced[1] if priced else None, paid)
         account = customer_account(str(r.customer_id))
         await reservations_repo.hold(conn, account, [(k, -u) for k, u in held], -r.pending_micros)
@@ -247,7 +251,19 @@ class OnlineCharging:
         return len(due)
 
     async def handle(self, operation: str, payload: bytes) -> dict[str, Any]:
-        """Decode, decide, and map failures to result codes (never an unanswered request)."""
+        """Decode, decide, and map failures to result codes (never an unanswered request).
+
+        A deadlock or serialization failure (the transaction was rolled back whole) is
+        retried a bounded number of times."""
+        for attempt in range(1, RETRIES_MAX + 1):
+            try:
+                return await self._handle_once(operation, payload)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                if attempt == RETRIES_MAX:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _handle_once(self, operation: str, payload: bytes) -> dict[str, Any]:
         try:
             body = json.loads(payload)
             if not isinstance(body, dict):
@@ -275,7 +291,14 @@ async def serve(nc: Client, online: OnlineCharging, stop: asyncio.Event,
 
     async def answer(operation: str, msg: Msg) -> None:
         async with slots:
-            reply = await online.handle(operation, msg.data)
+            try:
+                reply = await online.handle(operation, msg.data)
+            except Exception:
+                # A bug or an unexpected database error: the caller still gets an answer it
+                # can act on (refuse service), and we get the stack trace.
+                log.exception("online charging request failed", tenant=online.tenant,
+                              operation=operation)
+                reply = {"result": ResultCode.UNABLE_TO_COMPLY}
             await msg.respond(json.dumps(reply, separators=(",", ":")).encode())
 
     def handler(operation: str) -> Any:

@@ -25,7 +25,6 @@ class ActiveSubscription:
     offer: str
     subscriber: str
     started_at: datetime
-    payment_type: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +56,9 @@ async def claim_inbox(conn: Connection, tenant: str, consumer: str,
 async def active_subscriptions(conn: Connection,
                                subscribers: Sequence[str]) -> dict[str, list[ActiveSubscription]]:
     rows = await conn.fetch(
-        "SELECT s.subscription_id, s.customer_id, s.offer, s.subscriber, s.started_at,"
-        " c.payment_type FROM subscriptions s JOIN customers c USING (tenant_id, customer_id)"
-        " WHERE s.subscriber = ANY($1::text[]) AND s.status = 'active'"
-        " ORDER BY s.started_at, s.subscription_id", list(subscribers))
+        "SELECT subscription_id, customer_id, offer, subscriber, started_at FROM subscriptions"
+        " WHERE subscriber = ANY($1::text[]) AND status = 'active'"
+        " ORDER BY started_at, subscription_id", list(subscribers))
     found: dict[str, list[ActiveSubscription]] = {}
     for r in rows:
         found.setdefault(r["subscriber"], []).append(ActiveSubscription(**dict(r)))
@@ -70,9 +68,8 @@ async def active_subscriptions(conn: Connection,
 async def active_subscriptions_by_id(conn: Connection, subscription_ids: Sequence[uuid.UUID]
                                      ) -> list[ActiveSubscription]:
     rows = await conn.fetch(
-        "SELECT s.subscription_id, s.customer_id, s.offer, s.subscriber, s.started_at,"
-        " c.payment_type FROM subscriptions s JOIN customers c USING (tenant_id, customer_id)"
-        " WHERE s.subscription_id = ANY($1::uuid[])", list(subscription_ids))
+        "SELECT subscription_id, customer_id, offer, subscriber, started_at FROM subscriptions"
+        " WHERE subscription_id = ANY($1::uuid[])", list(subscription_ids))
     return [ActiveSubscription(**dict(r)) for r in rows]
 
 
