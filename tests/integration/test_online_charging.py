@@ -103,7 +103,8 @@ async def test_concurrent_reservations_never_overspend(
     granted = [a for a in answers if a["result"] == "SUCCESS"]
     refused = [a for a in answers if a["result"] == "CREDIT_LIMIT_REACHED"]
     assert len(granted) == 100
-    assert len(refused) == 900
+    others = [a for a in answers if a["result"] not in ("SUCCESS", "CREDIT_LIMIT_REACHED")]
+    assert len(refused) == 900, others
     assert all(a["grantedUnits"] == MIB for a in granted)
     assert await account(servers, tenant_name, customer) == (1_000_000, 1_000_000)
 

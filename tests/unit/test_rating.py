@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tollgate_core.domain.catalog import Tier, UsageTariff
-from tollgate_core.domain.rating import AllowanceBucket, period_start, price_tiers, rate
+from tollgate_core.domain.catalog import Band, Tier, UsageTariff
+from tollgate_core.domain.rating import (
+    AllowanceBucket,
+    When,
+    band_pieces,
+    period_start,
+    price_tiers,
+    rate,
+)
 from tollgate_core.resources.offer import Period, Service, Unit
 
 MIB = 1_048_576
@@ -104,3 +112,57 @@ def test_splitting_an_event_moves_its_total_by_at_most_one_micro_per_piece(
     total_split = sum(c.amount_micros for c in first + second)
     assert abs(total_whole - total_split) <= pieces
     assert sum(c.units for c in whole) == units
+
+
+# Time bands, roaming zones: voice at 0.06 EUR per minute, charged per second
+# (60,000 micros per 60 s = 1,000 micros a second at 100 %).
+BERLIN = "Europe/Berlin"
+PEAK = Band("peak", frozenset(range(7)), 8 * 60, 18 * 60, Fraction(1))
+EVENING = Band("evening", frozenset(range(7)), 18 * 60, 24 * 60, Fraction(1, 2))
+VOICE = UsageTariff("voice", Service.VOICE, Unit.SECONDS, increment=1, minimum=0,
+                    tiers=(Tier(0, None, 60_000, 60),), bands=(PEAK, EVENING),
+                    zones={"eu": Fraction(2)})
+# 17:55 in Berlin on Monday 2 Nov 2026 (UTC+1)
+AT_1755 = datetime(2026, 11, 2, 16, 55, tzinfo=UTC)
+
+
+def test_a_call_across_a_band_boundary_is_split_at_it() -> None:
+    # 10 minutes from 17:55: 300 s at peak (300 × 1,000 = 300,000) and 300 s in the evening
+    # band at 50 % (300 × 500 = 150,000) → 450,000 micros.
+    rating = rate(600, [], VOICE, 0, When(AT_1755, BERLIN))
+    assert rating is not None
+    assert [(c.band, c.units, c.amount_micros) for c in rating.tier_charges] == [
+        ("peak", 300, 300_000), ("evening", 300, 150_000)]
+
+
+def test_the_allowance_covers_the_start_of_the_call() -> None:
+    # 6 free minutes from 17:55 reach 18:01; the paid 4 minutes are all evening:
+    # 240 s × 500 = 120,000 micros.
+    rating = rate(600, [AllowanceBucket(SUB, "voice", date(2026, 11, 1), 360, 0)], VOICE, 0,
+                  When(AT_1755, BERLIN))
+    assert rating is not None
+    assert rating.amount_micros == 120_000
+
+
+def test_roaming_zone_and_congestion_multiply_the_price() -> None:
+    # 60 s at peak in zone "eu" (200 %) at high congestion (150 %): 60 × 1,000 × 2 × 1.5
+    rating = rate(60, [], VOICE, 0, When(AT_1755 - timedelta(hours=2), BERLIN),
+                  factor=VOICE.zones["eu"] * Fraction(3, 2))
+    assert rating is not None
+    assert rating.amount_micros == 180_000
+
+
+def test_outside_every_band_the_tariff_price_applies() -> None:
+    # 07:00 is before the peak band: 100 % → 60 s × 1,000
+    rating = rate(60, [], VOICE, 0, When(datetime(2026, 11, 2, 6, 0, tzinfo=UTC), BERLIN))
+    assert rating is not None
+    assert rating.amount_micros == 60_000
+    assert rating.tier_charges[0].band is None
+
+
+@given(start_s=st.integers(0, 7 * 86_400), seconds=st.integers(1, 3 * 86_400))
+def test_band_pieces_cover_the_call_exactly(start_s: int, seconds: int) -> None:
+    start = datetime(2026, 3, 28, tzinfo=UTC) + timedelta(seconds=start_s)  # spans a DST change
+    pieces = band_pieces(start, seconds, (PEAK, EVENING), BERLIN)
+    assert sum(units for units, _ in pieces) == seconds
+    assert all(units > 0 for units, _ in pieces)

@@ -10,6 +10,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from tollgate_core.domain.money import parse_micros
@@ -22,6 +24,7 @@ from tollgate_core.resources.offer import (
     Period,
     Service,
     Unit,
+    Weekday,
 )
 from tollgate_core.resources.partner import PartnerAgreementSpec
 from tollgate_core.resources.tenant import TenantSpec
@@ -44,6 +47,17 @@ class Tier:
 
 
 @dataclass(frozen=True, slots=True)
+class Band:
+    """A time band: minutes [start, end) of the local day on `days` (0 = Monday)."""
+
+    name: str
+    days: frozenset[int]
+    start_minute: int
+    end_minute: int
+    factor: Fraction
+
+
+@dataclass(frozen=True, slots=True)
 class UsageTariff:
     price_name: str
     service: Service
@@ -51,6 +65,8 @@ class UsageTariff:
     increment: int
     minimum: int
     tiers: tuple[Tier, ...]
+    bands: tuple[Band, ...] = ()
+    zones: dict[str, Fraction] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +105,7 @@ class CompiledOffer:
     bundle: tuple[str, ...]
     partner: str | None
     thresholds: tuple[ThresholdRule, ...] = ()
+    congestion: dict[str, Fraction] = field(default_factory=dict, hash=False)
 
     def sellable_at(self, when: datetime) -> bool:
         if self.lifecycle is not LifecycleStatus.ACTIVE:
@@ -140,6 +157,19 @@ class CatalogSource:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_WEEKDAYS = [d.value for d in Weekday]
+
+
+def percent(text: str) -> Fraction:
+    """A multiplier written in percent ("7.5") as an exact fraction (3/40)."""
+    return Fraction(Decimal(text)) / 100
+
+
+def _minute(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
 def compile_offer(name: str, spec: OfferSpec) -> CompiledOffer:
     usage: dict[Service, UsageTariff] = {}
     recurring: list[RecurringFee] = []
@@ -154,8 +184,12 @@ def compile_offer(name: str, spec: OfferSpec) -> CompiledOffer:
         if price.usage is not None:
             u = price.usage
             tiers = tuple(Tier(t.from_, t.to, parse_micros(t.unit_price), t.per) for t in u.tiers)
+            bands = tuple(Band(b.name, frozenset(_WEEKDAYS.index(d) for d in b.days),
+                               _minute(b.start), _minute(b.end), percent(b.multiplier_percent))
+                          for b in u.bands)
+            zones = {z.name: percent(z.multiplier_percent) for z in u.zones}
             usage[u.service] = UsageTariff(price.name, u.service, u.unit, u.increment,
-                                           u.minimum, tiers)
+                                           u.minimum, tiers, bands, zones)
     allowances = tuple(AllowanceRule(a.name, a.service, a.quantity, a.period, a.rollover)
                        for a in spec.allowances)
     return CompiledOffer(
@@ -166,6 +200,8 @@ def compile_offer(name: str, spec: OfferSpec) -> CompiledOffer:
         recurring=tuple(recurring), one_time_micros=one_time, usage=usage,
         allowances=allowances, bundle=tuple(r.name for r in spec.bundle),
         partner=spec.partner_ref.name if spec.partner_ref else None,
+        congestion={c.level.value: percent(c.multiplier_percent)
+                    for c in spec.dynamic_pricing.congestion},
         thresholds=tuple(
             ThresholdRule(t.allowance, t.percent,
                           parse_micros(t.balance_below) if t.balance_below else None,

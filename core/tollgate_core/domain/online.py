@@ -3,12 +3,23 @@ grant for a reservation, and what a commit costs. Pure; the store does the locki
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
+from fractions import Fraction
 from typing import Generic, TypeVar
 
 from tollgate_core.domain.catalog import UsageTariff
-from tollgate_core.domain.rating import AllowanceBucket, AllowanceDraw, draw_allowances, rate
+from tollgate_core.domain.rating import (
+    ONE,
+    AllowanceBucket,
+    AllowanceDraw,
+    When,
+    draw_allowances,
+    rate,
+)
+from tollgate_core.resources.offer import Unit
 
 K = TypeVar("K")
 
@@ -34,14 +45,30 @@ class Grant:
     amount_micros: int
 
 
-def _price(units: int, tariff: UsageTariff, already_paid: int) -> int:
-    rating = rate(units, [], tariff, already_paid)
-    assert rating is not None
-    return rating.amount_micros
+Price = Callable[[int], int]
+"""What `units` paid units cost (tiers from the period's paid position, bands, factors)."""
+PriceAfter = Callable[[int], Price]
+"""The price of paid units that follow `drawn` allowance-covered units (bands move on)."""
 
 
-def decide_grant(requested: int, buckets: list[AllowanceBucket], tariff: UsageTariff | None,
-                 already_paid: int, spendable_micros: int | None) -> Grant:
+def pricer(tariff: UsageTariff, already_paid: int, when: When | None,
+           factor: Fraction = ONE) -> PriceAfter:
+    def after(drawn: int) -> Price:
+        start = when
+        if when is not None and tariff.unit is Unit.SECONDS:
+            start = When(when.start + timedelta(seconds=drawn), when.timezone)
+
+        def price(units: int) -> int:
+            rating = rate(units, [], tariff, already_paid, start, factor)
+            assert rating is not None
+            return rating.amount_micros
+        return price
+    return after
+
+
+def decide_grant(requested: int, buckets: list[AllowanceBucket],
+                 price_after: PriceAfter | None, spendable_micros: int | None,
+                 increment: int = 1) -> Grant:
     """Grant as many of `requested` units as allowances plus spendable money cover.
 
     Allowances first; then the largest number of paid units whose price fits the spendable
@@ -51,20 +78,21 @@ def decide_grant(requested: int, buckets: list[AllowanceBucket], tariff: UsageTa
     draws = draw_allowances(requested, buckets)
     drawn = sum(d.units for d in draws)
     left = requested - drawn
-    if left == 0 or tariff is None:
+    if left == 0 or price_after is None:
         return Grant(drawn, draws, 0, 0)
-    if spendable_micros is None or _price(left, tariff, already_paid) <= spendable_micros:
-        return Grant(requested, draws, left, _price(left, tariff, already_paid))
+    price = price_after(drawn)
+    if spendable_micros is None or price(left) <= spendable_micros:
+        return Grant(requested, draws, left, price(left))
     low, high = 0, left  # invariant: price(low) fits, price(high) does not
     while high - low > 1:
         middle = (low + high) // 2
-        if _price(middle, tariff, already_paid) <= spendable_micros:
+        if price(middle) <= spendable_micros:
             low = middle
         else:
             high = middle
-    if tariff.increment > 1:  # grant whole increments only; a partial one would be paid in full
-        low -= low % tariff.increment
-    return Grant(drawn + low, draws, low, _price(low, tariff, already_paid))
+    if increment > 1:  # grant whole increments only; a partial one would be paid in full
+        low -= low % increment
+    return Grant(drawn + low, draws, low, price(low))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +104,8 @@ class Settlement(Generic[K]):
     amount_micros: int
 
 
-def settle(used: int, reserved_allowance: list[tuple[K, int]], tariff: UsageTariff | None,
-           already_paid: int) -> Settlement[K]:
+def settle(used: int, reserved_allowance: list[tuple[K, int]],
+           price_after: PriceAfter | None) -> Settlement[K]:
     """Used units come out of the reserved allowance first; the rest is priced now."""
     left = used
     draws = []
@@ -86,6 +114,6 @@ def settle(used: int, reserved_allowance: list[tuple[K, int]], tariff: UsageTari
         if take:
             draws.append((bucket, take))
             left -= take
-    if left == 0 or tariff is None:
+    if left == 0 or price_after is None:
         return Settlement(tuple(draws), 0, 0)
-    return Settlement(tuple(draws), left, _price(left, tariff, already_paid))
+    return Settlement(tuple(draws), left, price_after(used - left)(left))

@@ -9,11 +9,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from fractions import Fraction
 from zoneinfo import ZoneInfo
 
-from tollgate_core.domain.catalog import Tier, UsageTariff
+from tollgate_core.domain.catalog import Band, Tier, UsageTariff
 from tollgate_core.domain.money import div_round_half_even
-from tollgate_core.resources.offer import Period
+from tollgate_core.resources.offer import Period, Unit
+
+ONE = Fraction(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,7 @@ class TierCharge:
     tier_index: int
     units: int
     amount_micros: int
+    band: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +99,12 @@ def chargeable(units: int, tariff: UsageTariff) -> int:
     return max(rounded, tariff.minimum)
 
 
-def price_tiers(tiers: tuple[Tier, ...], already_paid: int, units: int) -> tuple[TierCharge, ...]:
-    """Graduated tiers: the units occupy [already_paid, already_paid + units) of the period."""
+def price_tiers(tiers: tuple[Tier, ...], already_paid: int, units: int,
+                factor: Fraction = ONE, band: str | None = None) -> tuple[TierCharge, ...]:
+    """Graduated tiers: the units occupy [already_paid, already_paid + units) of the period.
+
+    `factor` (band × zone × congestion multipliers) scales the tier prices exactly; each
+    piece's sub-micro remainder is rounded half-even."""
     charges = []
     position = already_paid
     end = already_paid + units
@@ -107,20 +115,92 @@ def price_tiers(tiers: tuple[Tier, ...], already_paid: int, units: int) -> tuple
         if tier_end <= position:
             continue
         piece = tier_end - position
-        charges.append(TierCharge(index, piece, div_round_half_even(piece * tier.price_micros,
-                                                                    tier.per)))
+        amount = div_round_half_even(piece * tier.price_micros * factor.numerator,
+                                     tier.per * factor.denominator)
+        charges.append(TierCharge(index, piece, amount, band))
         position = tier_end
     return tuple(charges)
 
 
+@dataclass(frozen=True, slots=True)
+class When:
+    """Where in time an event's usage falls: its start, in the tenant's timezone."""
+
+    start: datetime
+    timezone: str
+
+
+def band_at(local: datetime, bands: tuple[Band, ...]) -> Band | None:
+    minute = local.hour * 60 + local.minute
+    for band in bands:
+        if local.weekday() in band.days and band.start_minute <= minute < band.end_minute:
+            return band
+    return None
+
+
+def _next_boundary_s(local: datetime, bands: tuple[Band, ...]) -> int:
+    """Seconds from `local` to the next minute at which the band in force may change."""
+    minute = local.hour * 60 + local.minute
+    edges = [m for b in bands for m in (b.start_minute, b.end_minute) if m > minute]
+    next_minute = min([*edges, 24 * 60])  # midnight: the weekday changes
+    return (next_minute - minute) * 60 - local.second
+
+
+def band_pieces(start: datetime, seconds: int, bands: tuple[Band, ...],
+                timezone: str) -> list[tuple[int, Band | None]]:
+    """Split `seconds` of usage from `start` at band boundaries: [(seconds, band)], in order."""
+    zone = ZoneInfo(timezone)
+    local = start.astimezone(zone).replace(microsecond=0)
+    pieces: list[tuple[int, Band | None]] = []
+    left = seconds
+    while left > 0:
+        band = band_at(local, bands)
+        step = min(left, _next_boundary_s(local, bands))
+        if pieces and pieces[-1][1] is band:
+            pieces[-1] = (pieces[-1][0] + step, band)
+        else:
+            pieces.append((step, band))
+        left -= step
+        local = (local + timedelta(seconds=step)).astimezone(zone)
+    return pieces
+
+
 def rate(quantity: int, buckets: list[AllowanceBucket], tariff: UsageTariff | None,
-         already_paid: int) -> Rating | None:
-    """Rate a quantity; None when units are left over and no tariff prices them."""
+         already_paid: int, when: When | None = None, factor: Fraction = ONE) -> Rating | None:
+    """Rate a quantity; None when units are left over and no tariff prices them.
+
+    Allowances cover the first units (the start of a call); the paid rest is rounded up to
+    the tariff's increment, split at time-band boundaries (for seconds) and priced over the
+    graduated tiers with each piece's band multiplier times `factor`."""
     draws = draw_allowances(quantity, buckets)
-    left = quantity - sum(d.units for d in draws)
+    drawn = sum(d.units for d in draws)
+    left = quantity - drawn
     if left == 0:
         return Rating(draws, 0, (), tariff.price_name if tariff else None)
     if tariff is None:
         return None
     units = chargeable(left, tariff)
-    return Rating(draws, units, price_tiers(tariff.tiers, already_paid, units), tariff.price_name)
+    pieces = _paid_pieces(tariff, when, drawn, left, units)
+    charges: list[TierCharge] = []
+    position = already_paid
+    for piece_units, band in pieces:
+        band_factor = band.factor if band else ONE
+        charges.extend(price_tiers(tariff.tiers, position, piece_units, factor * band_factor,
+                                   band.name if band else None))
+        position += piece_units
+    return Rating(draws, units, tuple(charges), tariff.price_name)
+
+
+def _paid_pieces(tariff: UsageTariff, when: When | None, drawn: int, left: int,
+                 units: int) -> list[tuple[int, Band | None]]:
+    """The paid units by band; rounding up (units - left) goes to the last piece."""
+    if not tariff.bands or when is None:
+        return [(units, None)]
+    if tariff.unit is not Unit.SECONDS:
+        local = when.start.astimezone(ZoneInfo(when.timezone))
+        return [(units, band_at(local, tariff.bands))]
+    pieces = band_pieces(when.start + timedelta(seconds=drawn), left, tariff.bands,
+                         when.timezone)
+    last_units, last_band = pieces[-1]
+    pieces[-1] = (last_units + units - left, last_band)
+    return pieces

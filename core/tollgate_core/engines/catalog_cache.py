@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import time
 from datetime import datetime
 
 from tollgate_core.domain.catalog import Catalog, compile_catalog
@@ -20,15 +21,24 @@ class CatalogCache:
         self._published: list[datetime] = []
         self._catalogs: dict[int, Catalog] = {}
         self._loading = asyncio.Lock()  # offline and online charging share one cache
+        self._checked_at = float("-inf")
 
     @property
     def latest(self) -> int:
         return self._numbers[-1] if self._numbers else 0
 
-    async def refresh(self, conn: Connection) -> int:
-        """Load revisions newer than the latest known; cheap when there are none."""
+    async def refresh(self, conn: Connection, max_age_s: float = 0.0) -> int:
+        """Load revisions newer than the latest known; cheap when there are none.
+
+        With `max_age_s`, skip the check when the last one is more recent than that (online
+        charging calls this per request)."""
+        now = time.monotonic()
+        if max_age_s and self._numbers and now - self._checked_at < max_age_s:
+            return 0
         async with self._loading:
-            return await self._refresh(conn)
+            loaded = await self._refresh(conn)
+            self._checked_at = now
+            return loaded
 
     async def _refresh(self, conn: Connection) -> int:
         newest = await conn.fetchval(

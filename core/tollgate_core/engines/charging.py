@@ -36,6 +36,7 @@ from tollgate_core.domain.rating import AllowanceBucket, period_start, rate
 from tollgate_core.domain.thresholds import crossed_allowance, crossed_balance
 from tollgate_core.domain.usage import RejectReason, UsageEvent, UsageRejected, parse_usage_event
 from tollgate_core.engines.catalog_cache import CatalogCache
+from tollgate_core.engines.congestion import CongestionMap
 from tollgate_core.engines.pricing import Pricing, resolve
 from tollgate_core.observability import (
     BATCH_SECONDS,
@@ -107,8 +108,10 @@ def message_key(msg: Message, index: int) -> str:
 class ChargingEngine:
     """Rates usage events of one tenant."""
 
-    def __init__(self, settings: ChargingSettings, pool: Pool) -> None:
+    def __init__(self, settings: ChargingSettings, pool: Pool,
+                 congestion: CongestionMap | None = None) -> None:
         self.settings = settings
+        self.congestion = congestion or CongestionMap()
         self.tenant = settings.tenant
         self.pool = pool
         self.catalog = CatalogCache(settings.tenant)
@@ -199,7 +202,9 @@ class ChargingEngine:
         priced = pricing.tariff(event.service)
         paid_key = pricing.paid_key(event.service)
         already_paid = work.paid[paid_key] if paid_key else 0
-        rating = rate(event.quantity, buckets, priced[1] if priced else None, already_paid)
+        factor, applied = pricing.factors(event.service, event.attributes, self.congestion)
+        rating = rate(event.quantity, buckets, priced[1] if priced else None, already_paid,
+                      pricing.when(), factor)
         if rating is None:
             raise UsageRejected(RejectReason.NO_PRICE,
                                 f"no usage price for {event.service} beyond the allowances")
@@ -216,7 +221,8 @@ class ChargingEngine:
         work.rated.append(RatedRow(
             uuid.UUID(event.id), owner.subscription_id, owner.customer_id, event.service.value,
             event.quantity, sum(d.units for d in rating.draws), rating.chargeable_units, amount,
-            pricing.catalog.currency, rating.price_name, pricing.revision, event.start_time))
+            pricing.catalog.currency, rating.price_name, pricing.revision, event.start_time,
+            applied))
         if amount:
             self._charge(event.id, owner, amount, pricing.catalog.currency, work)
 

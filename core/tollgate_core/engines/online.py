@@ -14,6 +14,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 import asyncpg
@@ -32,10 +33,11 @@ from tollgate_core.domain.ledger import (
     split_prepaid,
     transfer_id,
 )
-from tollgate_core.domain.online import ResultCode, decide_grant, settle
-from tollgate_core.domain.rating import AllowanceBucket
+from tollgate_core.domain.online import ResultCode, decide_grant, pricer, settle
+from tollgate_core.domain.rating import AllowanceBucket, When
 from tollgate_core.domain.usage import UsageRejected
 from tollgate_core.engines.catalog_cache import CatalogCache
+from tollgate_core.engines.congestion import CongestionMap
 from tollgate_core.engines.pricing import at_revision, resolve
 from tollgate_core.resources.offer import Service
 from tollgate_core.resources.tenant import FailureHandling
@@ -50,6 +52,8 @@ REQUESTS_IN_FLIGHT_MAX = 64
 """Requests handled at once per process; beyond this NATS buffers them (back-pressure)."""
 UNITS_MAX = 10**12
 RETRIES_MAX = 3
+CATALOG_MAX_AGE_S = 0.5
+"""Online requests look for a newer catalog revision at most this often."""
 EXPIRY_BATCH_MAX = 200
 _OUTAGES = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
 
@@ -72,6 +76,13 @@ def _field(body: dict[str, Any], key: str, kind: type) -> Any:
     return value
 
 
+def _attributes(body: dict[str, Any]) -> dict[str, str]:
+    attributes = body.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise BadRequest("attributes: must be an object")
+    return {str(k): str(v) for k, v in attributes.items()}
+
+
 def _units(body: dict[str, Any], key: str) -> int:
     value: int = _field(body, key, int)
     if not 0 <= value <= UNITS_MAX:
@@ -82,9 +93,10 @@ def _units(body: dict[str, Any], key: str) -> int:
 class OnlineCharging:
     """The reserve/commit/release decisions of one tenant, against PostgreSQL."""
 
-    def __init__(self, tenant: str, pool: Pool, catalog: CatalogCache,
-                 policy: OnlinePolicy) -> None:
+    def __init__(self, tenant: str, pool: Pool, catalog: CatalogCache, policy: OnlinePolicy,
+                 congestion: CongestionMap | None = None) -> None:
         self.tenant = tenant
+        self.congestion = congestion or CongestionMap()
         self.pool = pool
         self.catalog = catalog
         self.policy = policy
@@ -102,7 +114,7 @@ class OnlineCharging:
             previous = await reservations_repo.find_by_request(conn, session_id, request_number)
             if previous is not None:  # a retry: the first answer stands
                 return self._granted(previous)
-            await self.catalog.refresh(conn)
+            await self.catalog.refresh(conn, max_age_s=CATALOG_MAX_AGE_S)
             now = datetime.now(UTC)
             subs = await rating_repo.active_subscriptions(conn, [subscriber])
             try:
@@ -121,8 +133,11 @@ class OnlineCharging:
             owner = pricing.owner_for(service)
             account = customer_account(str(owner.customer_id))
             state = (await rating_repo.lock_balances(conn, [account]))[account]
-            grant = decide_grant(requested, buckets, priced[1] if priced else None, paid,
-                                 state.spendable_micros)
+            attributes = _attributes(body)
+            factor, applied = pricing.factors(service, attributes, self.congestion)
+            price_after = pricer(priced[1], paid, pricing.when(), factor) if priced else None
+            grant = decide_grant(requested, buckets, price_after, state.spendable_micros,
+                                 priced[1].increment if priced else 1)
             if grant.units == 0:
                 return {"result": ResultCode.CREDIT_LIMIT_REACHED if requested
                         else ResultCode.SUCCESS, "grantedUnits": 0}
@@ -133,6 +148,7 @@ class OnlineCharging:
                 allowance_units=[[str(d.subscription_id), d.allowance,
                                   d.period_start.isoformat(), d.units] for d in grant.draws],
                 pending_micros=grant.amount_micros, catalog_revision=pricing.revision,
+                price_factors=applied, price_factor=str(factor), created_at=now,
                 state="pending", used_units=None, charged_micros=None,
                 expires_at=now + timedelta(seconds=self.policy.validity_s))
             await reservations_repo.insert(conn, self.tenant, reservation)
@@ -168,7 +184,7 @@ class OnlineCharging:
 
     async def _post(self, conn: Connection, r: Reservation, used: int) -> int:
         """Post the used part of a reservation and void the rest, in the caller's transaction."""
-        await self.catalog.refresh(conn)
+        await self.catalog.refresh(conn, max_age_s=CATALOG_MAX_AGE_S)
         subs = await rating_repo.active_subscriptions_by_id(conn, [r.subscription_id])
         now = datetime.now(UTC)
         pricing = at_revision(self.catalog, r.catalog_revision, subs, now)
@@ -181,7 +197,10 @@ class OnlineCharging:
         paid_key = pricing.paid_key(service) if pricing else None
         paid = (await rating_repo.lock_paid_usage(conn, self.tenant, [paid_key]))[paid_key] \
             if paid_key else 0
-        result = settle(used, held, priced[1] if priced else None, paid)
+        when = When(r.created_at, pricing.catalog.timezone) if pricing else None
+        price_after = (pricer(priced[1], paid, when, Fraction(r.price_factor)) if priced
+                       else None)
+        result = settle(used, held, price_after)
         account = customer_account(str(r.customer_id))
         await reservations_repo.hold(conn, account, [(k, -u) for k, u in held], -r.pending_micros)
         await reservations_repo.use_allowances(conn, list(result.draws))
@@ -207,7 +226,8 @@ class OnlineCharging:
         await rating_repo.insert_rated(conn, self.tenant, [RatedRow(
             r.reservation_id, r.subscription_id, r.customer_id, r.service, used,
             sum(u for _, u in result.draws), result.paid_units, result.amount_micros,
-            currency, priced[1].price_name if priced else None, r.catalog_revision, now)])
+            currency, priced[1].price_name if priced else None, r.catalog_revision, now,
+            r.price_factors)])
         await reservations_repo.close(conn, r.reservation_id, "posted", used,
                                       result.amount_micros)
         if account in balances:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
+from fractions import Fraction
 
 from tollgate_core.domain.catalog import Catalog, CompiledOffer, UsageTariff
-from tollgate_core.domain.rating import period_start
+from tollgate_core.domain.rating import ONE, When, period_start
 from tollgate_core.domain.usage import RejectReason, UsageRejected
 from tollgate_core.engines.catalog_cache import CatalogCache
+from tollgate_core.engines.congestion import CongestionMap
 from tollgate_core.resources.offer import Period, Service
 from tollgate_core.store.rating_repo import ActiveSubscription
 
@@ -22,7 +24,7 @@ class Pricing:
     revision: int
     catalog: Catalog
     offers: tuple[tuple[ActiveSubscription, CompiledOffer], ...]
-    when: datetime
+    when_at: datetime
 
     def allowance_keys(self, service: Service) -> list[tuple[tuple[uuid.UUID, str, date], int]]:
         """(bucket key, quantity) of every allowance for `service`, plan first."""
@@ -30,7 +32,7 @@ class Pricing:
         for sub, offer in self.offers:
             for rule in offer.allowances:
                 if rule.service is service:
-                    start = period_start(self.when, rule.period, self.catalog.timezone)
+                    start = period_start(self.when_at, rule.period, self.catalog.timezone)
                     keys.append(((sub.subscription_id, rule.name, start), rule.quantity))
         return keys
 
@@ -45,8 +47,29 @@ class Pricing:
         priced = self.tariff(service)
         if priced is None:
             return None
-        start = period_start(self.when, PAID_USAGE_PERIOD, self.catalog.timezone)
+        start = period_start(self.when_at, PAID_USAGE_PERIOD, self.catalog.timezone)
         return priced[0].subscription_id, service.value, start
+
+    def factors(self, service: Service, attributes: dict[str, str],
+                congestion: CongestionMap) -> tuple[Fraction, dict[str, str]]:
+        """Zone and congestion multipliers for an event, and what they were (for the record)."""
+        priced = self.tariff(service)
+        if priced is None:
+            return ONE, {}
+        factor, applied = ONE, {}
+        zone = attributes.get("zone")
+        if zone is not None and zone in priced[1].zones:
+            factor *= priced[1].zones[zone]
+            applied["zone"] = zone
+        level = congestion.level(attributes.get("cell"))
+        offer = next(o for s, o in self.offers if s is priced[0])
+        if level is not None and level.value in offer.congestion:
+            factor *= offer.congestion[level.value]
+            applied["congestion"] = level.value
+        return factor, applied
+
+    def when(self) -> When:
+        return When(self.when_at, self.catalog.timezone)
 
     @property
     def owner(self) -> ActiveSubscription:

@@ -9,6 +9,7 @@ import structlog
 
 from tollgate_core.bus.nats import connect, ensure_streams
 from tollgate_core.engines.charging import ChargingEngine
+from tollgate_core.engines.congestion import CongestionMap
 from tollgate_core.engines.online import OnlineCharging, OnlinePolicy, serve
 from tollgate_core.settings import ChargingSettings
 from tollgate_core.store import catalog_repo
@@ -40,9 +41,11 @@ async def run_charging(settings: ChargingSettings, stop: asyncio.Event,
     try:
         js = nc.jetstream()
         await ensure_streams(js)
-        offline = ChargingEngine(settings, pool)
+        congestion = CongestionMap()
+        await congestion.follow(nc, settings.tenant)
+        offline = ChargingEngine(settings, pool, congestion)
         online = OnlineCharging(settings.tenant, pool, offline.catalog,
-                                await online_policy(pool, settings.tenant))
+                                await online_policy(pool, settings.tenant), congestion)
         offline_ready, online_ready = asyncio.Event(), asyncio.Event()
         tasks = [asyncio.create_task(offline.run(nc, js, stop, offline_ready)),
                  asyncio.create_task(serve(nc, online, stop, online_ready))]

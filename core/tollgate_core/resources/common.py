@@ -45,6 +45,15 @@ Percent = Annotated[
         description="Percentage between 0 and 100 as a decimal string (e.g. \"19\", \"7.5\").",
     ),
 ]
+Multiplier = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9]{1,4}(\.[0-9]{1,4})?$",
+        max_length=9,
+        description="Price multiplier in percent as a decimal string: \"100\" is the tariff "
+        "price, \"50\" half of it, \"150\" half as much again.",
+    ),
+]
 Name = Annotated[
     str,
     Field(

@@ -11,6 +11,7 @@ from tollgate_core.resources.common import (
     Amount,
     Cel,
     ListMapKeys,
+    Multiplier,
     Name,
     ObjectMeta,
     Percent,
@@ -120,6 +121,50 @@ _TIERS_CONTIGUOUS = Cel(
 )
 
 
+class Weekday(StrEnum):
+    MON = "mon"
+    TUE = "tue"
+    WED = "wed"
+    THU = "thu"
+    FRI = "fri"
+    SAT = "sat"
+    SUN = "sun"
+
+
+class TimeBand(Spec):
+    """A time-of-day/day-of-week band (tenant timezone) with its price multiplier; usage
+    outside every band is priced at 100 %."""
+
+    name: Name = Field(description="Band name, e.g. off-peak.")
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(Weekday), max_length=7,
+        description="Days the band applies on (default every day).")
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                       description="Local start time HH:MM, inclusive.")
+    end: str = Field(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$",
+                     description="Local end time HH:MM, exclusive (24:00 for midnight); "
+                     "after `start`.")
+    multiplier_percent: Multiplier = Field(description="Price in this band, in percent of "
+                                           "the tier prices.")
+
+    cel_rules: ClassVar[tuple[Cel, ...]] = (
+        Cel("self.start < self.end", "bands: start must be before end (HH:MM, same day)"),
+    )
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> TimeBand:
+        if not self.start < self.end:
+            raise ValueError("bands: start must be before end (HH:MM, same day)")
+        return self
+
+
+class RoamingZone(Spec):
+    """Usage whose `zone` attribute names this zone is priced with this multiplier."""
+
+    name: Name = Field(description="Zone name as sent in the usage event's `zone` attribute.")
+    multiplier_percent: Multiplier = Field(description="Price in this zone, in percent.")
+
+
 class UsagePrice(Spec):
     """A price for metered usage of one service, in graduated tiers."""
 
@@ -135,6 +180,14 @@ class UsagePrice(Spec):
         description="Graduated tiers: the first starts at 0, each `from` equals the previous "
         "`to`, the last may be open-ended.",
     )
+    bands: Annotated[list[TimeBand], ListMapKeys("name")] = Field(
+        default_factory=list, max_length=8,
+        description="Time-of-day bands; an event spanning a band boundary is split at it "
+        "(for units of seconds). Bands should not overlap; the first matching one applies.")
+    zones: Annotated[list[RoamingZone], ListMapKeys("name")] = Field(
+        default_factory=list, max_length=32,
+        description="Roaming zones priced differently from home (events without a listed "
+        "zone are priced at 100 %).")
 
     cel_rules: ClassVar[tuple[Cel, ...]] = (
         _TIERS_START_AT_ZERO, _TIERS_BOUNDED_BUT_LAST, _TIERS_CONTIGUOUS)
@@ -273,6 +326,29 @@ _THRESHOLD_ALLOWANCE_DEFINED = Cel(
 )
 
 
+class CongestionLevel(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class CongestionPrice(Spec):
+    """Usage in a cell whose latest reported load is `level` is priced with this multiplier."""
+
+    level: CongestionLevel = Field(description="Cell load level from tg.<tenant>.oss.congestion.")
+    multiplier_percent: Multiplier = Field(description="Price at this load, in percent.")
+
+
+class DynamicPricing(Spec):
+    """Prices that follow the network's state."""
+
+    congestion: Annotated[list[CongestionPrice], ListMapKeys("level")] = Field(
+        default_factory=list, max_length=4,
+        description="Multipliers by the load level of the event's cell (attribute `cell`); "
+        "cells without a report are priced at 100 %.")
+
+
 class OfferSpec(Spec):
     """A product offering of one tenant."""
 
@@ -316,6 +392,9 @@ class OfferSpec(Spec):
     thresholds: list[Threshold] = Field(
         default_factory=list, max_length=16,
         description="Usage or balance levels that notify the customer and may suggest an upsell.")
+    dynamic_pricing: DynamicPricing = Field(
+        default_factory=DynamicPricing,
+        description="Network-driven price multipliers (cell congestion).")
     partner_ref: Ref | None = Field(
         default=None, description="PartnerAgreement whose revenue share applies to the offer.")
     tax_category: Name = Field(default="standard",

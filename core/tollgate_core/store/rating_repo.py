@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from tollgate_core.domain.ledger import Transfer
@@ -41,6 +41,7 @@ class RatedRow:
     price_name: str | None
     catalog_revision: int
     start_time: datetime
+    price_factors: dict[str, str] = field(default_factory=dict)
 
 
 async def claim_inbox(conn: Connection, tenant: str, consumer: str,
@@ -81,15 +82,15 @@ async def lock_allowances(conn: Connection, tenant: str,
         return {}
     keys = sorted(wanted)
     subs, names, periods = [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
-    await conn.execute(
+    # One statement creates missing rows and locks all of them, in key order (the upsert's
+    # DO UPDATE takes the row lock and makes RETURNING include the existing rows).
+    rows = await conn.fetch(
         "INSERT INTO allowance_usage (tenant_id, subscription_id, allowance, period_start,"
         " quantity) SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::date[], $5::bigint[])"
-        " ON CONFLICT DO NOTHING", tenant, subs, names, periods, [wanted[k] for k in keys])
-    rows = await conn.fetch(
-        "SELECT a.subscription_id, a.allowance, a.period_start, a.quantity, a.used, a.reserved"
-        " FROM allowance_usage a JOIN unnest($1::uuid[], $2::text[], $3::date[]) AS k(s, n, p)"
-        " ON a.subscription_id = k.s AND a.allowance = k.n AND a.period_start = k.p"
-        " ORDER BY 1, 2, 3 FOR UPDATE OF a", subs, names, periods)
+        " ORDER BY 1, 2, 3 ON CONFLICT (tenant_id, subscription_id, allowance, period_start)"
+        " DO UPDATE SET quantity = allowance_usage.quantity"
+        " RETURNING subscription_id, allowance, period_start, quantity, used, reserved",
+        tenant, subs, names, periods, [wanted[k] for k in keys])
     return {(r["subscription_id"], r["allowance"], r["period_start"]):
             (r["quantity"], r["used"], r["reserved"]) for r in rows}
 
@@ -100,15 +101,13 @@ async def lock_paid_usage(conn: Connection, tenant: str,
         return {}
     keys = sorted(set(wanted))
     subs, services, periods = [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
-    await conn.execute(
-        "INSERT INTO paid_usage (tenant_id, subscription_id, service, period_start)"
-        " SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::date[]) ON CONFLICT DO NOTHING",
-        tenant, subs, services, periods)
     rows = await conn.fetch(
-        "SELECT p.subscription_id, p.service, p.period_start, p.units FROM paid_usage p"
-        " JOIN unnest($1::uuid[], $2::text[], $3::date[]) AS k(s, v, d)"
-        " ON p.subscription_id = k.s AND p.service = k.v AND p.period_start = k.d"
-        " ORDER BY 1, 2, 3 FOR UPDATE OF p", subs, services, periods)
+        "INSERT INTO paid_usage (tenant_id, subscription_id, service, period_start)"
+        " SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::date[]) ORDER BY 1, 2, 3"
+        " ON CONFLICT (tenant_id, subscription_id, service, period_start)"
+        " DO UPDATE SET units = paid_usage.units"
+        " RETURNING subscription_id, service, period_start, units",
+        tenant, subs, services, periods)
     return {(r["subscription_id"], r["service"], r["period_start"]): r["units"] for r in rows}
 
 
@@ -167,15 +166,15 @@ async def insert_rated(conn: Connection, tenant: str, rows: Sequence[RatedRow]) 
     await conn.execute(
         "INSERT INTO rated_usage (tenant_id, event_id, subscription_id, customer_id, service,"
         " quantity, allowance_units, chargeable_units, amount_micros, currency, price_name,"
-        " catalog_revision, start_time) SELECT $1, * FROM unnest($2::uuid[], $3::uuid[],"
-        " $4::uuid[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],"
-        " $10::text[], $11::text[], $12::int[], $13::timestamptz[])",
+        " catalog_revision, start_time, price_factors) SELECT $1, * FROM unnest($2::uuid[],"
+        " $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[],"
+        " $9::bigint[], $10::text[], $11::text[], $12::int[], $13::timestamptz[], $14::jsonb[])",
         tenant, [r.event_id for r in rows], [r.subscription_id for r in rows],
         [r.customer_id for r in rows], [r.service for r in rows], [r.quantity for r in rows],
         [r.allowance_units for r in rows], [r.chargeable_units for r in rows],
         [r.amount_micros for r in rows], [r.currency for r in rows],
         [r.price_name for r in rows], [r.catalog_revision for r in rows],
-        [r.start_time for r in rows])
+        [r.start_time for r in rows], [r.price_factors for r in rows])
 
 
 async def post_transfers(conn: Connection, tenant: str,

@@ -27,6 +27,9 @@ class Reservation:
     used_units: int | None
     charged_micros: int | None
     expires_at: datetime
+    price_factors: dict[str, str]
+    price_factor: str
+    created_at: datetime
 
     def held_allowances(self) -> list[tuple[BucketKey, int]]:
         return [((uuid.UUID(s), str(a), date.fromisoformat(p)), int(u))
@@ -35,7 +38,7 @@ class Reservation:
 
 _COLUMNS = ("reservation_id, session_id, request_number, subscription_id, customer_id, service,"
             " granted_units, allowance_units, pending_micros, catalog_revision, state,"
-            " used_units, charged_micros, expires_at")
+            " used_units, charged_micros, expires_at, price_factors, price_factor, created_at")
 
 
 async def find_by_request(conn: Connection, session_id: str,
@@ -55,10 +58,11 @@ async def insert(conn: Connection, tenant: str, r: Reservation) -> None:
     await conn.execute(
         "INSERT INTO reservations (tenant_id, reservation_id, session_id, request_number,"
         " subscription_id, customer_id, service, granted_units, allowance_units, pending_micros,"
-        " catalog_revision, state, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-        " $11, 'pending', $12)", tenant, r.reservation_id, r.session_id, r.request_number,
-        r.subscription_id, r.customer_id, r.service, r.granted_units, r.allowance_units,
-        r.pending_micros, r.catalog_revision, r.expires_at)
+        " catalog_revision, state, expires_at, price_factors, price_factor, created_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, $13, $14, $15)",
+        tenant, r.reservation_id, r.session_id, r.request_number, r.subscription_id,
+        r.customer_id, r.service, r.granted_units, r.allowance_units, r.pending_micros,
+        r.catalog_revision, r.expires_at, r.price_factors, r.price_factor, r.created_at)
 
 
 async def close(conn: Connection, reservation_id: uuid.UUID, state: str,

@@ -120,6 +120,8 @@ CREATE TABLE rated_usage (
     amount_micros     bigint NOT NULL CHECK (amount_micros >= 0),
     currency          char(3) NOT NULL,
     price_name        text,
+    -- multipliers applied beyond the tariff (zone, congestion level), so it can be re-rated
+    price_factors     jsonb NOT NULL DEFAULT '{}',
     catalog_revision  integer NOT NULL,
     start_time        timestamptz NOT NULL,
     rated_at          timestamptz NOT NULL DEFAULT now(),
@@ -142,6 +144,8 @@ CREATE TABLE reservations (
     granted_units     bigint NOT NULL CHECK (granted_units >= 0),
     allowance_units   jsonb NOT NULL,  -- [[allowance, period_start, units], …] reserved
     pending_micros    bigint NOT NULL CHECK (pending_micros >= 0),
+    price_factors     jsonb NOT NULL DEFAULT '{}',
+    price_factor      text NOT NULL DEFAULT '1',  -- their product, an exact fraction "n/d"
     catalog_revision  integer NOT NULL,
     state             text NOT NULL CHECK (state IN ('pending', 'posted', 'voided', 'expired')),
     used_units        bigint,
