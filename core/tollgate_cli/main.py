@@ -99,6 +99,37 @@ def usage_send(tenant: Annotated[str, typer.Option()],
     console.print(f"published {count} usage events")
 
 
+@usage_app.command("redrive")
+def usage_redrive(tenant: Annotated[str, typer.Option()],
+                  reason: Annotated[list[str] | None, typer.Option(
+                      help="Only these reasons (default: every re-drivable one).")] = None,
+                  database_url: Annotated[str | None, typer.Option(
+                      envvar="TOLLGATE_DATABASE_URL")] = None,
+                  home: Home = Path(".tollgate")) -> None:
+    """Send dead-lettered usage back to the charging engine once its cause is fixed."""
+    from tollgate_cli.localstate import load
+    from tollgate_core.domain.usage import RejectReason
+    from tollgate_core.store.db import create_pool
+    from tollgate_core.store.redrive import REDRIVABLE, redrive
+
+    try:
+        reasons = tuple(RejectReason(r) for r in reason) if reason else REDRIVABLE
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] --reason: {exc}; re-drivable: "
+                      f"{', '.join(r.value for r in REDRIVABLE)}")
+        raise typer.Exit(2) from exc
+    dsn = database_url or load(home).app_dsn
+
+    async def run() -> int:
+        pool = await create_pool(dsn)
+        try:
+            return await redrive(pool, tenant, f"charging-{tenant}", reasons)
+        finally:
+            await pool.close()
+
+    console.print(f"re-driven: {asyncio.run(run())} dead-lettered usage events")
+
+
 @app.command()
 def charging(tenant: Annotated[str, typer.Option(envvar="TOLLGATE_TENANT")],
              database_url: DatabaseUrl, nats_url: NatsUrl,

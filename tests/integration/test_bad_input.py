@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -118,3 +119,40 @@ async def test_an_invalid_offer_never_disturbs_the_published_catalog(
     assert latest is not None
     assert latest.revision == revision
     assert "orphan" not in latest.source.offers
+
+
+async def test_a_dead_letter_is_rated_after_its_cause_is_fixed_and_it_is_redriven(
+        api: Api, pool: Pool, js: JetStreamContext, servers: Servers, charging: StartEngine,
+        tenant_name: str) -> None:
+    from tollgate_core.store.redrive import redrive
+
+    await install_example_catalog(pool, tenant_name)
+    await charging(tenant_name)
+    event_id, payload = usage_payload(tenant_name, MSISDN, 1024)
+    await js.publish(f"tg.{tenant_name}.usage.data", payload, headers={"Nats-Msg-Id": event_id})
+
+    conn = await asyncpg.connect(servers.owner_dsn)
+    try:
+        async def reason() -> str | None:
+            value: str | None = await conn.fetchval(
+                "SELECT reason FROM dead_letters WHERE tenant_id = $1 AND event_id = $2"
+                " AND redriven_at IS NULL", tenant_name, event_id)
+            return value
+
+        async def dead_lettered() -> bool:
+            return await reason() == "UNKNOWN_SUBSCRIBER"
+
+        await eventually(dead_lettered)
+        await register_and_order(api, api.token(tenant_name))  # the line now exists
+        assert await redrive(pool, tenant_name, f"charging-{tenant_name}") == 1
+
+        async def rated() -> bool:
+            return bool(await conn.fetchval(
+                "SELECT count(*) FROM rated_usage WHERE tenant_id = $1 AND event_id = $2",
+                tenant_name, uuid.UUID(event_id)))
+
+        await eventually(rated)
+        assert await reason() is None  # no open dead letter remains
+        assert await redrive(pool, tenant_name, f"charging-{tenant_name}") == 0
+    finally:
+        await conn.close()

@@ -216,5 +216,8 @@ async def insert_dead_letters(conn: Connection, tenant: str,
     await conn.execute(
         "INSERT INTO dead_letters (tenant_id, event_id, subject, reason, detail, payload)"
         " SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])"
-        " ON CONFLICT DO NOTHING", tenant, [r[0] for r in rows], [r[1] for r in rows],
-        [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows])
+        # a re-driven event that fails again is an open dead letter again, with its new reason
+        " ON CONFLICT (tenant_id, event_id) DO UPDATE SET reason = EXCLUDED.reason,"
+        " detail = EXCLUDED.detail, created_at = now(), redriven_at = NULL", tenant,
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+        [r[4] for r in rows])
