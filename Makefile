@@ -35,6 +35,10 @@ crds: $(STAMP) ## Regenerate crds/ from the resource models, and the operator ch
 	rm -f charts/tollgate-operator/files/crds/*.yaml
 	cp crds/*.yaml charts/tollgate-operator/files/crds/
 
+.PHONY: schema
+schema: $(STAMP) ## Regenerate api/schema.graphql from the code
+	$(BIN)/python -m tollgate_api.export api/schema.graphql
+
 ##@ Quality
 
 .PHONY: lint

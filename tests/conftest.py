@@ -71,3 +71,7 @@ def js(nats_client: Client) -> JetStreamContext:
 def tenant_name() -> str:
     """A fresh tenant per test: tests share servers but never data."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+# Running servers shared by integration, api and e2e tests (defined in tests/running.py).
+from tests.running import api, charging  # noqa: E402, F401

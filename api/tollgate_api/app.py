@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from cross_web import HTTPException
@@ -14,10 +15,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.types.unset import UNSET, UnsetType
 
 from tollgate_api.auth import TokenVerifier, Unauthenticated
 from tollgate_api.context import Context
+from tollgate_api.live import EventHub
 from tollgate_api.schema import build_schema
+from tollgate_core.bus.nats import connect
 from tollgate_core.settings import ApiSettings
 from tollgate_core.store.db import Pool, create_pool
 
@@ -26,17 +31,32 @@ class TollgateGraphQL(GraphQL[Context, None]):
     """Strawberry's ASGI view with our context: the credential decides the tenant."""
 
     def __init__(self, verifier: TokenVerifier, graphiql: bool) -> None:
-        super().__init__(build_schema(), graphql_ide="graphiql" if graphiql else None)
+        super().__init__(build_schema(), graphql_ide="graphiql" if graphiql else None,
+                         connection_init_wait_timeout=timedelta(seconds=10))
         self.verifier = verifier
         self.pool: Pool | None = None
+        self.hub = EventHub()
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         assert self.pool is not None, "the app lifespan opens the pool"
+        context = Context(pool=self.pool, hub=self.hub)
+        if isinstance(request, WebSocket):
+            return context  # authenticated by on_ws_connect, from connection_init
         try:
-            principal = self.verifier.verify(request.headers.get("authorization"))
+            context.caller = self.verifier.verify(request.headers.get("authorization"))
         except Unauthenticated as exc:
             raise HTTPException(401, str(exc)) from exc
-        return Context(principal=principal, pool=self.pool)
+        return context
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """graphql-transport-ws: the bearer token travels in the connection_init payload."""
+        params = {k.lower(): v for k, v in context.connection_params.items()}
+        try:
+            context.caller = self.verifier.verify(str(params.get("authorization", "")))
+        except Unauthenticated as exc:
+            raise ConnectionRejectionError({"reason": str(exc)}) from exc
+        acknowledged: UnsetType = UNSET  # plain connection_ack, no payload
+        return acknowledged
 
 
 def create_app(settings: ApiSettings) -> Starlette:
@@ -46,9 +66,13 @@ def create_app(settings: ApiSettings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         graphql.pool = await create_pool(settings.database_url, max_size=20)
+        nc = await connect(settings.nats_url, name="tollgate-api")
+        await graphql.hub.start(nc)
         try:
             yield
         finally:
+            await graphql.hub.stop()
+            await nc.close()
             await graphql.pool.close()
 
     async def healthz(request: Request) -> Response:

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from tollgate_api.auth import Principal
+from tollgate_api.live import EventHub
 from tollgate_core.domain.errors import Forbidden
 from tollgate_core.store.db import Pool
 
 
 @dataclass
 class Context:
-    principal: Principal
     pool: Pool
+    hub: EventHub
+    caller: Principal | None = None
+    """Set from the bearer token (HTTP) or from `connection_init` (websocket)."""
+    connection_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def principal(self) -> Principal:
+        if self.caller is None:
+            raise Forbidden("not authenticated")
+        return self.caller
 
     @property
     def tenant(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Annotated
 
@@ -292,9 +293,64 @@ class Mutation:
         return TopUpSuccess(balance=Money(amount_micros=balance, currency=spec.currency))
 
 
+@strawberry.type(description="A customer's balance after a change.")
+class BalanceChange:
+    customer_id: uuid.UUID
+    balance: Money
+    cause: str
+
+
+@strawberry.type(description="A usage or balance threshold was crossed.")
+class ThresholdCrossing:
+    customer_id: uuid.UUID
+    threshold: str
+    period_start: str
+    upsell_offer: str | None
+
+
+@strawberry.type(name="LiveUpdates", description="Subscriptions over graphql-transport-ws. "
+                 "(The root type is not called Subscription: that name is the product "
+                 "subscription's.)")
+class LiveUpdates:
+    @strawberry.subscription(description="Every change of a customer's balance.")
+    async def balance_changed(self, info: Info[Context, None],
+                              customer_id: uuid.UUID) -> AsyncGenerator[BalanceChange, None]:
+        ctx = info.context
+        _allowed(ctx, customer_id)
+        async with ctx.hub.listen(ctx.tenant, "balance.updated") as queue:
+            while True:
+                data = await queue.get()
+                if data.get("customerId") == str(customer_id):
+                    yield BalanceChange(
+                        customer_id=customer_id, cause=str(data.get("cause")),
+                        balance=Money(amount_micros=int(data["balanceMicros"]),
+                                      currency=str(data["currency"])))
+
+    @strawberry.subscription(description="Thresholds the customer crosses (upsell hints).")
+    async def threshold_crossed(self, info: Info[Context, None], customer_id: uuid.UUID
+                                ) -> AsyncGenerator[ThresholdCrossing, None]:
+        ctx = info.context
+        _allowed(ctx, customer_id)
+        async with ctx.hub.listen(ctx.tenant, "threshold.crossed") as queue:
+            while True:
+                data = await queue.get()
+                if data.get("customerId") == str(customer_id):
+                    yield ThresholdCrossing(
+                        customer_id=customer_id, threshold=str(data["threshold"]),
+                        period_start=str(data["periodStart"]),
+                        upsell_offer=data.get("upsellOffer"))
+
+
+def _allowed(ctx: Context, customer_id: uuid.UUID) -> None:
+    try:
+        ctx.check_customer(customer_id)
+    except Forbidden as exc:
+        raise graphql_error(exc) from exc
+
+
 def build_schema() -> strawberry.Schema:
     return strawberry.Schema(
-        query=Query, mutation=Mutation,
+        query=Query, mutation=Mutation, subscription=LiveUpdates,
         extensions=[lambda: QueryDepthLimiter(max_depth=10),
                     lambda: MaskErrors(should_mask_error=_is_internal)],
         config=StrawberryConfig(scalar_map={Long: LONG_SCALAR}),

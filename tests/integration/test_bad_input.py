@@ -15,8 +15,8 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import Servers
 from tests.factories import dump_yaml, install_example_catalog, offer_document, usage_payload
-from tests.integration.conftest import Api, StartEngine, eventually
 from tests.integration.test_walking_skeleton import MSISDN, register_and_order
+from tests.running import Api, StartEngine, eventually
 from tollgate_core import catalog_service
 from tollgate_core.resources import Offer, parse_resource
 from tollgate_core.store import catalog_repo

@@ -9,8 +9,8 @@ import asyncpg
 
 from tests.conftest import Servers
 from tests.factories import install_example_catalog, usage_payload
-from tests.integration.conftest import Api
 from tests.integration.test_walking_skeleton import MSISDN, register_and_order
+from tests.running import Api
 from tollgate_core.engines.charging import ChargingEngine
 from tollgate_core.settings import ChargingSettings
 from tollgate_core.store.db import Pool

@@ -13,7 +13,7 @@ from nats.aio.client import Client
 
 from tests.conftest import Servers
 from tests.factories import install_example_catalog, offer_document
-from tests.integration.conftest import Api, StartEngine
+from tests.running import Api, StartEngine
 from tollgate_core import catalog_service, customer_service
 from tollgate_core.resources import Offer, parse_resource
 from tollgate_core.store.db import Pool

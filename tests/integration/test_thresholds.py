@@ -11,8 +11,8 @@ from nats.js.api import DeliverPolicy
 
 from tests.conftest import Servers
 from tests.factories import install_example_catalog
-from tests.integration.conftest import Api, StartEngine
 from tests.integration.test_walking_skeleton import register_and_order, send_usage_cli
+from tests.running import Api, StartEngine
 from tollgate_core.store.db import Pool
 
 GIB = 1024**3

@@ -14,7 +14,7 @@ import asyncpg
 
 from tests.conftest import Servers
 from tests.factories import install_example_catalog
-from tests.integration.conftest import Api, StartEngine, eventually
+from tests.running import Api, StartEngine, eventually
 from tollgate_core.store.db import Pool
 
 GIB = 1024**3

@@ -1,4 +1,4 @@
-"""Running pieces for integration tests: the GraphQL API over real HTTP, charging engines."""
+"""Running pieces for tests: the GraphQL API over real HTTP, charging engines, polling."""
 
 from __future__ import annotations
 
