@@ -13,9 +13,16 @@ from nats.aio.client import Client
 
 from tests.conftest import Servers
 from tests.factories import install_example_catalog, offer_document
+from tests.integration.test_exactly_once import Delivered
 from tests.running import Api, StartEngine
 from tollgate_core import catalog_service, customer_service
+from tollgate_core.domain.usage import UsageEvent, usage_envelope
+from tollgate_core.engines.catalog_cache import CatalogCache
+from tollgate_core.engines.charging import ChargingEngine
+from tollgate_core.engines.online import OnlineCharging, OnlinePolicy
 from tollgate_core.resources import Offer, parse_resource
+from tollgate_core.resources.tenant import FailureHandling
+from tollgate_core.settings import ChargingSettings
 from tollgate_core.store.db import Pool
 
 MIB = 1024**2
@@ -157,3 +164,47 @@ async def test_bad_requests_get_a_result_code_naming_the_field(
     assert unknown["result"] == "USER_UNKNOWN"
     reply = await nats_client.request(f"tg.{tenant_name}.charge.commit", b"not json", timeout=10)
     assert json.loads(reply.data)["result"] == "INVALID_REQUEST"
+
+
+async def test_continue_mode_grants_the_quota_in_an_outage_and_books_it_afterwards(
+        pool: Pool, servers: Servers, tenant_name: str) -> None:
+    customer = await prepaid_line(pool, tenant_name, "0.10")
+    unreachable = await asyncpg.create_pool("postgresql://nobody@127.0.0.1:1/none", min_size=0)
+    assert unreachable is not None
+    deferred: list[UsageEvent] = []
+
+    async def publish(event: UsageEvent) -> None:
+        deferred.append(event)
+
+    request = json.dumps({"sessionId": "outage", "requestNumber": 0, "subscriber": LINE,
+                          "service": "data", "units": 100 * MIB}).encode()
+    terminate = OnlineCharging(tenant_name, unreachable, CatalogCache(tenant_name),
+                               OnlinePolicy(), deferred=publish)
+    assert await terminate.handle("reserve", request) == {"result": "UNABLE_TO_COMPLY"}
+
+    policy = OnlinePolicy(failure_handling=FailureHandling.CONTINUE,
+                          continue_quota_units=50 * MIB)
+    online = OnlineCharging(tenant_name, unreachable, CatalogCache(tenant_name), policy,
+                            deferred=publish)
+    answer = await online.handle("reserve", request)
+    assert answer["grantedUnits"] == 50 * MIB
+    assert answer["deferred"] is True
+    assert [e.quantity for e in deferred] == [50 * MIB]
+    await unreachable.close()
+
+    # The database is back: offline rating books the whole quota, 50 MiB × 0.01 = 0.50 EUR.
+    # The balance covers 0.10; the other 0.40 goes to the customer's receivable.
+    engine = ChargingEngine(ChargingSettings(tenant=tenant_name, database_url=servers.app_dsn,
+                                             nats_url=servers.nats_url), pool)
+    payload = json.dumps(usage_envelope(deferred[0])).encode()
+    outcome = await engine.process([Delivered(f"tg.{tenant_name}.usage.data", payload)])
+    assert outcome.rated == 1
+    assert await account(servers, tenant_name, customer) == (0, 0)
+    conn = await asyncpg.connect(servers.owner_dsn)
+    try:
+        owed = await conn.fetchval("SELECT balance_micros FROM ledger_accounts WHERE"
+                                   " tenant_id = $1 AND account_id = $2", tenant_name,
+                                   f"receivable:{customer}")
+    finally:
+        await conn.close()
+    assert owed == -400_000

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -35,11 +36,11 @@ from tollgate_core.domain.ledger import (
 )
 from tollgate_core.domain.online import ResultCode, decide_grant, pricer, settle
 from tollgate_core.domain.rating import AllowanceBucket, When
-from tollgate_core.domain.usage import UsageRejected
+from tollgate_core.domain.usage import UsageEvent, UsageRejected
 from tollgate_core.engines.catalog_cache import CatalogCache
 from tollgate_core.engines.congestion import CongestionMap
 from tollgate_core.engines.pricing import at_revision, resolve
-from tollgate_core.resources.offer import Service
+from tollgate_core.resources.offer import SERVICE_UNITS, Service
 from tollgate_core.resources.tenant import FailureHandling
 from tollgate_core.store import outbox, rating_repo, reservations_repo
 from tollgate_core.store.db import Connection, Pool, tenant_tx
@@ -52,6 +53,7 @@ REQUESTS_IN_FLIGHT_MAX = 64
 """Requests handled at once per process; beyond this NATS buffers them (back-pressure)."""
 UNITS_MAX = 10**12
 RETRIES_MAX = 3
+_DEFERRED = uuid.UUID("0e7c5c1a-9f7e-4d55-8b0a-5d7e3c2b1a90")
 CATALOG_MAX_AGE_S = 0.5
 """Online requests look for a newer catalog revision at most this often."""
 EXPIRY_BATCH_MAX = 200
@@ -94,8 +96,11 @@ class OnlineCharging:
     """The reserve/commit/release decisions of one tenant, against PostgreSQL."""
 
     def __init__(self, tenant: str, pool: Pool, catalog: CatalogCache, policy: OnlinePolicy,
-                 congestion: CongestionMap | None = None) -> None:
+                 congestion: CongestionMap | None = None,
+                 deferred: Callable[[UsageEvent], Awaitable[None]] | None = None) -> None:
         self.tenant = tenant
+        self.deferred = deferred
+        """Publishes a deferred grant as usage (failure handling `continue`)."""
         self.congestion = congestion or CongestionMap()
         self.pool = pool
         self.catalog = catalog
@@ -297,10 +302,32 @@ class OnlineCharging:
             return {"result": ResultCode.INVALID_REQUEST, "detail": str(exc)}
         except _OUTAGES as exc:
             log.error("online charging cannot decide", tenant=self.tenant, error=repr(exc))
-            if operation == "reserve" and self.policy.failure_handling is FailureHandling.CONTINUE:
-                return {"result": ResultCode.SUCCESS, "grantedUnits":
-                        self.policy.continue_quota_units, "deferred": True}
+            if (operation == "reserve" and self.deferred is not None
+                    and self.policy.failure_handling is FailureHandling.CONTINUE):
+                return await self._defer(body)
             return {"result": ResultCode.UNABLE_TO_COMPLY}
+
+    async def _defer(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`continue` mode: grant the configured quota now and charge it later, as a usage
+        event of the whole quota on the USAGE stream. Offline rating books it once the
+        database is back; for prepaid, what the balance cannot cover goes to the customer's
+        receivable, so the balance never goes negative."""
+        assert self.deferred is not None
+        try:
+            session_id = _field(body, "sessionId", str)
+            request_number = _units(body, "requestNumber")
+            event = UsageEvent(
+                id=str(uuid.uuid5(_DEFERRED, f"{self.tenant}/{session_id}/{request_number}")),
+                tenant=self.tenant, subscriber=_field(body, "subscriber", str),
+                service=Service(_field(body, "service", str)),
+                quantity=self.policy.continue_quota_units,
+                unit=SERVICE_UNITS[Service(body["service"])], start_time=datetime.now(UTC),
+                attributes={**_attributes(body), "deferredSession": session_id})
+        except (BadRequest, ValueError) as exc:
+            return {"result": ResultCode.INVALID_REQUEST, "detail": str(exc)}
+        await self.deferred(event)
+        return {"result": ResultCode.SUCCESS, "reservationId": event.id,
+                "grantedUnits": self.policy.continue_quota_units, "deferred": True}
 
 
 async def serve(nc: Client, online: OnlineCharging, stop: asyncio.Event,

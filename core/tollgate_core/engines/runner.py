@@ -4,10 +4,13 @@ sharing one catalog cache, until stopped."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import structlog
 
 from tollgate_core.bus.nats import connect, ensure_streams
+from tollgate_core.domain.events import usage_subject
+from tollgate_core.domain.usage import UsageEvent, usage_envelope
 from tollgate_core.engines.charging import ChargingEngine
 from tollgate_core.engines.congestion import CongestionMap
 from tollgate_core.engines.online import OnlineCharging, OnlinePolicy, serve
@@ -44,8 +47,14 @@ async def run_charging(settings: ChargingSettings, stop: asyncio.Event,
         congestion = CongestionMap()
         await congestion.follow(nc, settings.tenant)
         offline = ChargingEngine(settings, pool, congestion)
+        async def publish_deferred(event: UsageEvent) -> None:
+            await js.publish(usage_subject(settings.tenant, event.service.value),
+                             json.dumps(usage_envelope(event, "tollgate-charging")).encode(),
+                             headers={"Nats-Msg-Id": event.id})
+
         online = OnlineCharging(settings.tenant, pool, offline.catalog,
-                                await online_policy(pool, settings.tenant), congestion)
+                                await online_policy(pool, settings.tenant), congestion,
+                                publish_deferred)
         offline_ready, online_ready = asyncio.Event(), asyncio.Event()
         tasks = [asyncio.create_task(offline.run(nc, js, stop, offline_ready)),
                  asyncio.create_task(serve(nc, online, stop, online_ready))]
