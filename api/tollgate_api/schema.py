@@ -6,7 +6,7 @@ import base64
 import uuid
 from collections.abc import AsyncGenerator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 from graphql import GraphQLError
@@ -315,37 +315,32 @@ class LiveUpdates:
     @strawberry.subscription(description="Every change of a customer's balance.")
     async def balance_changed(self, info: Info[Context, None],
                               customer_id: uuid.UUID) -> AsyncGenerator[BalanceChange, None]:
-        ctx = info.context
-        _allowed(ctx, customer_id)
-        async with ctx.hub.listen(ctx.tenant, "balance.updated") as queue:
-            while True:
-                data = await queue.get()
-                if data.get("customerId") == str(customer_id):
-                    yield BalanceChange(
-                        customer_id=customer_id, cause=str(data.get("cause")),
-                        balance=Money(amount_micros=int(data["balanceMicros"]),
-                                      currency=str(data["currency"])))
+        async for data in _customer_events(info.context, "balance.updated", customer_id):
+            yield BalanceChange(customer_id=customer_id, cause=str(data.get("cause")),
+                                balance=Money(amount_micros=int(data["balanceMicros"]),
+                                              currency=str(data["currency"])))
 
     @strawberry.subscription(description="Thresholds the customer crosses (upsell hints).")
     async def threshold_crossed(self, info: Info[Context, None], customer_id: uuid.UUID
                                 ) -> AsyncGenerator[ThresholdCrossing, None]:
-        ctx = info.context
-        _allowed(ctx, customer_id)
-        async with ctx.hub.listen(ctx.tenant, "threshold.crossed") as queue:
-            while True:
-                data = await queue.get()
-                if data.get("customerId") == str(customer_id):
-                    yield ThresholdCrossing(
-                        customer_id=customer_id, threshold=str(data["threshold"]),
-                        period_start=str(data["periodStart"]),
-                        upsell_offer=data.get("upsellOffer"))
+        async for data in _customer_events(info.context, "threshold.crossed", customer_id):
+            yield ThresholdCrossing(customer_id=customer_id, threshold=str(data["threshold"]),
+                                    period_start=str(data["periodStart"]),
+                                    upsell_offer=data.get("upsellOffer"))
 
 
-def _allowed(ctx: Context, customer_id: uuid.UUID) -> None:
+async def _customer_events(ctx: Context, event: str, customer_id: uuid.UUID
+                           ) -> AsyncGenerator[dict[str, Any], None]:
+    """The `data` of the caller's tenant's `event`s about one customer they may see."""
     try:
         ctx.check_customer(customer_id)
     except Forbidden as exc:
         raise graphql_error(exc) from exc
+    async with ctx.hub.listen(ctx.tenant, event) as queue:
+        while True:
+            data = await queue.get()
+            if data.get("customerId") == str(customer_id):
+                yield data
 
 
 def build_schema() -> strawberry.Schema:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from tollgate_core.domain.catalog import compile_offer
 from tollgate_core.domain.errors import Conflict, Invalid, NotFound
 from tollgate_core.domain.money import parse_micros
 from tollgate_core.resources.offer import OfferKind
@@ -67,8 +69,6 @@ async def register_customer(pool: Pool, tenant: str, *, name: str, email: str,
 async def place_order(pool: Pool, tenant: str, *, customer_id: uuid.UUID, offer: str,
                       subscriber: str, idempotency_key: str) -> uuid.UUID:
     """Subscribe a customer's line (MSISDN) to a plan or add-on sold now."""
-    import re
-
     if not re.match(MSISDN_PATTERN, subscriber):
         raise Invalid("subscriber must be an MSISDN (6 to 15 digits)", field="subscriber")
     async with tenant_tx(pool, tenant) as conn:
@@ -82,8 +82,6 @@ async def place_order(pool: Pool, tenant: str, *, customer_id: uuid.UUID, offer:
             spec = latest.source.offers.get(offer) if latest else None
             if latest is None or spec is None:
                 raise NotFound(f"offer {offer!r} does not exist", field="offerId")
-            from tollgate_core.domain.catalog import compile_offer
-
             compiled = compile_offer(offer, spec)
             if not compiled.sellable_at(now):
                 raise Invalid(f"offer {offer!r} is not sold now", field="offerId")

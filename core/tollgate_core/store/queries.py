@@ -8,6 +8,7 @@ from datetime import date, datetime
 
 from tollgate_core.domain.ledger import customer_account, overage_account
 from tollgate_core.store.db import Connection
+from tollgate_core.store.rating_repo import RatedRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,21 +25,6 @@ class AllowanceRow:
     period_start: date
     quantity: int
     used: int
-
-
-@dataclass(frozen=True, slots=True)
-class RatedUsageRow:
-    event_id: uuid.UUID
-    subscription_id: uuid.UUID
-    service: str
-    quantity: int
-    allowance_units: int
-    chargeable_units: int
-    amount_micros: int
-    currency: str
-    price_name: str | None
-    catalog_revision: int
-    start_time: datetime
 
 
 async def balance(conn: Connection, customer_id: uuid.UUID) -> BalanceRow | None:
@@ -66,10 +52,11 @@ async def current_allowances(conn: Connection, customer_id: uuid.UUID) -> list[A
 
 
 async def rated_usage(conn: Connection, customer_id: uuid.UUID, limit: int,
-                      before: tuple[datetime, uuid.UUID] | None = None) -> list[RatedUsageRow]:
+                      before: tuple[datetime, uuid.UUID] | None = None) -> list[RatedRow]:
     """Newest first, keyset-paginated on (start_time, event_id)."""
-    columns = ("event_id, subscription_id, service, quantity, allowance_units, chargeable_units,"
-               " amount_micros, currency, price_name, catalog_revision, start_time")
+    columns = ("event_id, subscription_id, customer_id, service, quantity, allowance_units,"
+               " chargeable_units, amount_micros, currency, price_name, catalog_revision,"
+               " start_time, price_factors")
     if before is None:
         rows = await conn.fetch(
             f"SELECT {columns} FROM rated_usage WHERE customer_id = $1"
@@ -79,4 +66,4 @@ async def rated_usage(conn: Connection, customer_id: uuid.UUID, limit: int,
             f"SELECT {columns} FROM rated_usage WHERE customer_id = $1"
             " AND (start_time, event_id) < ($3, $4)"
             " ORDER BY start_time DESC, event_id DESC LIMIT $2", customer_id, limit, *before)
-    return [RatedUsageRow(**{**dict(r), "currency": r["currency"].strip()}) for r in rows]
+    return [RatedRow(**{**dict(r), "currency": r["currency"].strip()}) for r in rows]
