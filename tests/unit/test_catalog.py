@@ -7,6 +7,8 @@ import pytest
 from tests.factories import example_resources
 from tollgate_core.domain.catalog import CatalogError, CatalogSource, compile_catalog
 from tollgate_core.resources import Offer, PartnerAgreement, Tenant
+from tollgate_core.resources.common import Ref
+from tollgate_core.resources.offer import OfferKind, Service
 
 
 def example_source() -> CatalogSource:
@@ -53,3 +55,19 @@ def test_tax_category_must_exist_in_the_tenant() -> None:
         compile_catalog(CatalogSource(source.tenant, {**source.offers, "mobile-m": plan},
                                       source.partners))
     assert "spec.taxCategory: 'reduced' is not a tax category" in caught.value.errors[0]
+
+
+def test_a_bundle_carries_its_components_allowances_and_prices() -> None:
+    source = example_source()
+    bundle = source.offers["mobile-m"].model_copy(update={
+        "kind": OfferKind.BUNDLE, "display_name": "Mobile M + Boost", "prices": [],
+        "allowances": [], "thresholds": [],
+        "bundle": [Ref(name="mobile-m"), Ref(name="data-boost")]})
+    catalog = compile_catalog(CatalogSource(source.tenant, {**source.offers, "combo": bundle},
+                                            source.partners))
+    combo = catalog.offers["combo"]
+    # 5 GiB from the plan and 2 GiB from the add-on, named after their component
+    assert [(a.name, a.quantity) for a in combo.allowances] == [
+        ("mobile-m.data-5gb", 5 * 1024**3), ("data-boost.boost-2gb", 2 * 1024**3)]
+    assert combo.usage[Service.DATA].price_name == "data-payg"
+    assert [t.allowance for t in combo.thresholds] == ["mobile-m.data-5gb"] * 2

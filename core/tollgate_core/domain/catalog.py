@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -259,9 +259,30 @@ def compile_catalog(source: CatalogSource) -> Catalog:
     errors = check_source(source)
     if errors:
         raise CatalogError(errors)
+    offers = {name: compile_offer(name, spec) for name, spec in source.offers.items()}
     return Catalog(
         currency=source.tenant.currency,
         timezone=source.tenant.timezone,
-        offers={name: compile_offer(name, spec) for name, spec in source.offers.items()},
+        offers={name: with_components(offer, offers) for name, offer in offers.items()},
         partners=dict(source.partners),
     )
+
+
+def with_components(offer: CompiledOffer, offers: dict[str, CompiledOffer]) -> CompiledOffer:
+    """A bundle carries its components' allowances (named `component.allowance`), usage
+    prices for services it does not price itself, and thresholds; subscribing to the bundle
+    subscribes to all of it."""
+    if offer.kind is not OfferKind.BUNDLE:
+        return offer
+    allowances = list(offer.allowances)
+    usage = dict(offer.usage)
+    thresholds = list(offer.thresholds)
+    for component in (offers[name] for name in offer.bundle):
+        allowances += [replace(a, name=f"{component.name}.{a.name}")
+                       for a in component.allowances]
+        for service, tariff in component.usage.items():
+            usage.setdefault(service, tariff)
+        thresholds += [replace(t, allowance=f"{component.name}.{t.allowance}")
+                       if t.allowance else t for t in component.thresholds]
+    return replace(offer, allowances=tuple(allowances), usage=usage,
+                   thresholds=tuple(thresholds))
