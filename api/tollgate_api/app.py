@@ -10,9 +10,11 @@ from typing import Any
 from cross_web import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -31,7 +33,8 @@ class TollgateGraphQL(GraphQL[Context, None]):
     """Strawberry's ASGI view with our context: the credential decides the tenant."""
 
     def __init__(self, verifier: TokenVerifier, graphiql: bool) -> None:
-        super().__init__(build_schema(), graphql_ide="graphiql" if graphiql else None,
+        super().__init__(build_schema(introspection=graphiql),
+                         graphql_ide="graphiql" if graphiql else None,
                          connection_init_wait_timeout=timedelta(seconds=10))
         self.verifier = verifier
         self.pool: Pool | None = None
@@ -59,6 +62,29 @@ class TollgateGraphQL(GraphQL[Context, None]):
         return acknowledged
 
 
+BODY_MAX_BYTES = 64 * 1024
+
+
+class BodySizeLimit:
+    """Refuse request bodies over BODY_MAX_BYTES with 413 before reading them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            length = dict(scope["headers"]).get(b"content-length")
+            refusal = None
+            if length is None or not length.isdigit():
+                refusal = PlainTextResponse("a Content-Length header is required", 411)
+            elif int(length) > BODY_MAX_BYTES:
+                refusal = PlainTextResponse(f"request body over {BODY_MAX_BYTES} bytes", 413)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: ApiSettings) -> Starlette:
     graphql = TollgateGraphQL(TokenVerifier(settings.jwt_secret, settings.jwt_issuer),
                               settings.graphiql)
@@ -83,7 +109,7 @@ def create_app(settings: ApiSettings) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(lifespan=lifespan, routes=[
+    return Starlette(lifespan=lifespan, middleware=[Middleware(BodySizeLimit)], routes=[
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Route("/graphql", graphql, methods=["GET", "POST"]),

@@ -10,7 +10,15 @@ from typing import Annotated, Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors, QueryDepthLimiter
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
@@ -343,11 +351,26 @@ async def _customer_events(ctx: Context, event: str, customer_id: uuid.UUID
                 yield data
 
 
-def build_schema() -> strawberry.Schema:
+DEPTH_MAX = 10
+ALIASES_MAX = 30
+TOKENS_MAX = 2_000
+
+
+def build_schema(introspection: bool = True) -> strawberry.Schema:
+    """Limits bound what one request may ask for; parsing and validation are cached."""
+    extensions: list[Any] = [
+        lambda: QueryDepthLimiter(max_depth=DEPTH_MAX),
+        lambda: MaxAliasesLimiter(max_alias_count=ALIASES_MAX),
+        lambda: MaxTokensLimiter(max_token_count=TOKENS_MAX),
+        lambda: ParserCache(maxsize=256),
+        lambda: ValidationCache(maxsize=256),
+        lambda: MaskErrors(should_mask_error=_is_internal),
+    ]
+    if not introspection:
+        extensions.append(DisableIntrospection)
     return strawberry.Schema(
         query=Query, mutation=Mutation, subscription=LiveUpdates,
-        extensions=[lambda: QueryDepthLimiter(max_depth=10),
-                    lambda: MaskErrors(should_mask_error=_is_internal)],
+        extensions=extensions,
         config=StrawberryConfig(scalar_map={Long: LONG_SCALAR}),
     )
 
