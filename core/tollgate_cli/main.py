@@ -167,6 +167,36 @@ def api(database_url: DatabaseUrl, nats_url: NatsUrl,
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
 
 
+@app.command("operator")
+def operator_(
+    image: Annotated[str, typer.Option(envvar="TOLLGATE_WORKLOAD_IMAGE",
+                                       help="Image of the tenant workloads.")],
+    watch_namespaces: Annotated[str, typer.Option(
+        envvar="TOLLGATE_WATCH_NAMESPACES",
+        help="Comma-separated namespaces or globs; empty: cluster-wide.")] = "",
+    peering_mode: Annotated[str, typer.Option(envvar="TOLLGATE_PEERING_MODE")] = "auto",
+    peering_name: Annotated[str, typer.Option(envvar="TOLLGATE_PEERING_NAME")] = (
+        "tollgate-operator"),
+    peering_priority: Annotated[int, typer.Option(envvar="TOLLGATE_PEERING_PRIORITY")] = 0,
+    kubeconfig: Annotated[Path | None, typer.Option(
+        help="Default: in-cluster, then $KUBECONFIG.")] = None,
+    liveness_endpoint: Annotated[str | None, typer.Option(
+        envvar="TOLLGATE_LIVENESS_ENDPOINT")] = None,
+    metrics_port: Annotated[int | None, typer.Option(envvar="TOLLGATE_METRICS_PORT")] = None,
+    resync_interval_s: float = 30.0,
+) -> None:
+    """Run the Kubernetes operator (Tenants, Offers, PartnerAgreements)."""
+    from tollgate_operator.main import run
+    from tollgate_operator.settings import PeeringMode, PeeringSettings, Settings
+
+    namespaces = tuple(n.strip() for n in watch_namespaces.split(",") if n.strip())
+    run(Settings(image=image, namespaces=namespaces, kubeconfig=kubeconfig,
+                 peering=PeeringSettings(PeeringMode(peering_mode), peering_name,
+                                         peering_priority),
+                 liveness_endpoint=liveness_endpoint, metrics_port=metrics_port,
+                 resync_interval_s=resync_interval_s))
+
+
 @app.command()
 def migrate(database_url: Annotated[str, typer.Option(envvar="TOLLGATE_OWNER_DATABASE_URL",
                                                       help="DSN of the schema owner.")],

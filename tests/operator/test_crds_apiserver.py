@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -155,6 +156,9 @@ CEL_CASES: list[tuple[str, Callable[[Document], None], str]] = [
      "prices: at most one usage price per service"),
     ("Offer", _set("spec.thresholds", [{"allowance": "data-50gb", "percent": 80}]),
      "thresholds: a threshold's allowance must be one of `allowances`"),
+    ("Offer", _set("spec.prices.1.usage.bands", [
+        {"name": "night", "start": "22:00", "end": "06:00", "multiplierPercent": "50"}]),
+     "bands: start must be before end (HH:MM, same day)"),
     ("Tenant", _set("spec.database", {"mode": "external"}),
      "database.secretRef is required when database.mode is external"),
     ("PartnerAgreement", _set("spec.revenueShare", {"model": "percentage"}),
@@ -223,7 +227,23 @@ DUPLICATE_CASES: list[tuple[str, str, list[Document]]] = [
     ("Offer", "spec.discounts", _twice({"name": "promo", "percent": "10"})),
     ("Tenant", "spec.taxes", _twice({"category": "standard", "rate": "19"})),
     ("PartnerAgreement", "spec.networkApis", _twice({"name": "qod"})),
+    # prices[1] of the example offer is its usage price
+    ("Offer", "spec.prices.1.usage.bands", _twice(
+        {"name": "night", "start": "00:00", "end": "06:00", "multiplierPercent": "50"})),
+    ("Offer", "spec.prices.1.usage.zones", _twice({"name": "eu", "multiplierPercent": "200"})),
+    ("Offer", "spec.dynamicPricing.congestion", _twice(
+        {"level": "high", "multiplierPercent": "150"})),
 ]
+
+
+def _api_path(path: str) -> str:
+    """spec.prices.1.usage.bands → spec.prices[1].usage.bands (the API server's spelling)."""
+    return re.sub(r"\.(\d+)", r"[\1]", path)
+
+
+def _schema_path(path: str) -> str:
+    """spec.prices.1.usage.bands → spec.prices[].usage.bands (any item of the list)."""
+    return re.sub(r"\.\d+", "[]", path)
 
 
 @pytest.mark.parametrize(("kind", "path", "items"), DUPLICATE_CASES,
@@ -236,7 +256,7 @@ def test_lists_keyed_by_name_refuse_a_duplicate_key(
     _set(path, items)(document)
     error = _refusal(custom_objects, namespace, document)
     assert error.status == 422, error.body
-    assert f"{path}[1]: Duplicate value" in _message(error), _message(error)
+    assert f"{_api_path(path)}[1]: Duplicate value" in _message(error), _message(error)
     with pytest.raises(ResourceError) as caught:  # the model refuses it as well
         parse_resource(document, kind)
     field = path.removeprefix("spec.")
@@ -259,7 +279,7 @@ def test_every_list_map_has_a_duplicate_case_here() -> None:
     for kind in KINDS:
         schema = crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         maps |= {(kind.kind, p) for p in list_maps(schema["properties"]["spec"], "spec")}
-    assert maps == {(kind, path) for kind, path, _ in DUPLICATE_CASES}
+    assert maps == {(kind, _schema_path(path)) for kind, path, _ in DUPLICATE_CASES}
 
 
 @pytest.mark.parametrize(("kind", "path", "value", "expected"), [

@@ -139,9 +139,9 @@ class TimeBand(Spec):
     days: list[Weekday] = Field(
         default_factory=lambda: list(Weekday), max_length=7,
         description="Days the band applies on (default every day).")
-    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", max_length=5,
                        description="Local start time HH:MM, inclusive.")
-    end: str = Field(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$",
+    end: str = Field(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$", max_length=5,
                      description="Local end time HH:MM, exclusive (24:00 for midnight); "
                      "after `start`.")
     multiplier_percent: Multiplier = Field(description="Price in this band, in percent of "
