@@ -13,11 +13,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from tollgate_core.resources.status import ConditionStatus as Status
 
-class Status(StrEnum):
-    TRUE = "True"
-    FALSE = "False"
-    UNKNOWN = "Unknown"
+__all__ = ["Condition", "ConditionType", "Reason", "Status", "find", "holds",
+           "merge_conditions", "status_changes", "timestamp"]
 
 
 class ConditionType(StrEnum):
