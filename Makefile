@@ -47,8 +47,12 @@ lint: $(STAMP) ## ruff, mypy --strict and the import contracts
 	$(BIN)/mypy core api operator tests bench
 	$(BIN)/lint-imports
 
+.PHONY: envtest
+envtest: ## Build (once, cached in ~/.cache/tollgate) the test Kubernetes control plane from Go modules
+	@hack/envtest/build.sh > /dev/null
+
 .PHONY: test
-test: lint ## Lint, then every test against real PostgreSQL, NATS and kube-apiserver
+test: lint envtest ## Lint, then every test against real PostgreSQL, NATS and kube-apiserver
 	$(BIN)/pytest
 
 .PHONY: bench

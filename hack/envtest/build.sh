@@ -43,6 +43,9 @@ if complete "$bin"; then
     exit 0
 fi
 
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+    PATH="$PATH:/usr/local/go/bin"  # the official tarball's place, often not on PATH
+fi
 if ! command -v go >/dev/null 2>&1; then
     log "go is not on PATH: install Go >= 1.25 (https://go.dev/dl/ or your package manager),"
     log "or point TOLLGATE_ENVTEST_BIN at a directory that already holds: envtest kwok ${COMPONENTS[*]}"
