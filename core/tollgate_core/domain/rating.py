@@ -76,6 +76,15 @@ def period_start(when: datetime, period: Period, timezone: str) -> date:
     return local.replace(day=1)
 
 
+def previous_period_start(start: date, period: Period) -> date:
+    """Start of the period before the one starting at `start`."""
+    if period is Period.DAY:
+        return start - timedelta(days=1)
+    if period is Period.WEEK:
+        return start - timedelta(days=7)
+    return (start - timedelta(days=1)).replace(day=1)
+
+
 def draw_allowances(quantity: int, buckets: list[AllowanceBucket]) -> tuple[AllowanceDraw, ...]:
     """Draw `quantity` from buckets in order until covered or the buckets are empty."""
     draws = []

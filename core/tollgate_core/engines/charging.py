@@ -52,6 +52,7 @@ from tollgate_core.store.rating_repo import (
     AccountState,
     ActiveSubscription,
     BucketKey,
+    BucketTerms,
     PaidKey,
     RatedRow,
 )
@@ -161,7 +162,7 @@ class ChargingEngine:
             conn, sorted({e.subscriber for e in events}))
         pricings: dict[str, Pricing] = {}
         early_rejects: list[tuple[str, UsageRejected]] = []
-        wanted_allowances: dict[BucketKey, int] = {}
+        wanted_allowances: dict[BucketKey, BucketTerms] = {}
         wanted_paid: list[PaidKey] = []
         accounts: list[str] = []
         for event in events:

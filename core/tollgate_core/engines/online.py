@@ -197,7 +197,7 @@ class OnlineCharging:
         held = r.held_allowances()
         # Lock order everywhere: allowances, paid usage, account (no deadlocks with reserve
         # or offline rating). The held rows exist, so the quantities given here are unused.
-        await rating_repo.lock_allowances(conn, self.tenant, {k: 0 for k, _ in held})
+        await rating_repo.lock_allowances(conn, self.tenant, {k: (0, None) for k, _ in held})
         priced = pricing.tariff(service) if pricing else None
         paid_key = pricing.paid_key(service) if pricing else None
         paid = (await rating_repo.lock_paid_usage(conn, self.tenant, [paid_key]))[paid_key] \

@@ -9,12 +9,12 @@ from datetime import date, datetime
 from fractions import Fraction
 
 from tollgate_core.domain.catalog import Catalog, CompiledOffer, UsageTariff
-from tollgate_core.domain.rating import ONE, When, period_start
+from tollgate_core.domain.rating import ONE, When, period_start, previous_period_start
 from tollgate_core.domain.usage import RejectReason, UsageRejected
 from tollgate_core.engines.catalog_cache import CatalogCache
 from tollgate_core.engines.congestion import CongestionMap
 from tollgate_core.resources.offer import Period, Service
-from tollgate_core.store.rating_repo import ActiveSubscription
+from tollgate_core.store.rating_repo import ActiveSubscription, BucketKey, BucketTerms
 
 PAID_USAGE_PERIOD = Period.MONTH  # graduated tiers count paid units per calendar month
 
@@ -26,14 +26,17 @@ class Pricing:
     offers: tuple[tuple[ActiveSubscription, CompiledOffer], ...]
     when_at: datetime
 
-    def allowance_keys(self, service: Service) -> list[tuple[tuple[uuid.UUID, str, date], int]]:
-        """(bucket key, quantity) of every allowance for `service`, plan first."""
+    def allowance_keys(self, service: Service) -> list[tuple[BucketKey, BucketTerms]]:
+        """(bucket key, (quantity, period to roll unused units over from)) of every allowance
+        for `service`, plan first."""
         keys = []
         for sub, offer in self.offers:
             for rule in offer.allowances:
                 if rule.service is service:
                     start = period_start(self.when_at, rule.period, self.catalog.timezone)
-                    keys.append(((sub.subscription_id, rule.name, start), rule.quantity))
+                    carry = previous_period_start(start, rule.period) if rule.rollover else None
+                    keys.append(((sub.subscription_id, rule.name, start),
+                                 (rule.quantity, carry)))
         return keys
 
     def tariff(self, service: Service) -> tuple[ActiveSubscription, UsageTariff] | None:
@@ -92,6 +95,12 @@ def resolve(cache: CatalogCache, subscriber: str, subs: list[ActiveSubscription]
     revision, catalog = found
     offers = tuple((s, catalog.offers[s.offer]) for s in subs if s.offer in catalog.offers)
     if not offers:
+        # Usage stamped before its offer was published (clock skew, late test data): price
+        # it by the revision the line was sold under rather than refuse it.
+        sold_under = max(s.catalog_revision for s in subs)
+        fallback = at_revision(cache, sold_under, subs, when) if sold_under > revision else None
+        if fallback is not None:
+            return fallback
         raise UsageRejected(RejectReason.NO_VALID_OFFER,
                             f"no subscribed offer exists in catalog revision {revision}")
     return Pricing(revision, catalog, offers, when)

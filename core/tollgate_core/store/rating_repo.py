@@ -15,6 +15,8 @@ from tollgate_core.domain.ledger import Transfer
 from tollgate_core.store.db import Connection
 
 BucketKey = tuple[uuid.UUID, str, date]
+BucketTerms = tuple[int, date | None]
+"""(quantity per period, start of the period whose unused units roll over, if any)"""
 PaidKey = tuple[uuid.UUID, str, date]
 
 
@@ -25,6 +27,7 @@ class ActiveSubscription:
     offer: str
     subscriber: str
     started_at: datetime
+    catalog_revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +60,8 @@ async def claim_inbox(conn: Connection, tenant: str, consumer: str,
 async def active_subscriptions(conn: Connection,
                                subscribers: Sequence[str]) -> dict[str, list[ActiveSubscription]]:
     rows = await conn.fetch(
-        "SELECT subscription_id, customer_id, offer, subscriber, started_at FROM subscriptions"
-        " WHERE subscriber = ANY($1::text[]) AND status = 'active'"
+        "SELECT subscription_id, customer_id, offer, subscriber, started_at, catalog_revision"
+        " FROM subscriptions WHERE subscriber = ANY($1::text[]) AND status = 'active'"
         " ORDER BY started_at, subscription_id", list(subscribers))
     found: dict[str, list[ActiveSubscription]] = {}
     for r in rows:
@@ -69,15 +72,18 @@ async def active_subscriptions(conn: Connection,
 async def active_subscriptions_by_id(conn: Connection, subscription_ids: Sequence[uuid.UUID]
                                      ) -> list[ActiveSubscription]:
     rows = await conn.fetch(
-        "SELECT subscription_id, customer_id, offer, subscriber, started_at FROM subscriptions"
-        " WHERE subscription_id = ANY($1::uuid[])", list(subscription_ids))
+        "SELECT subscription_id, customer_id, offer, subscriber, started_at, catalog_revision"
+        " FROM subscriptions WHERE subscription_id = ANY($1::uuid[])", list(subscription_ids))
     return [ActiveSubscription(**dict(r)) for r in rows]
 
 
-async def lock_allowances(conn: Connection, tenant: str,
-                          wanted: dict[BucketKey, int]) -> dict[BucketKey, tuple[int, int, int]]:
-    """Create missing period rows with their quantity, lock all;
-    return key → (quantity, used, reserved)."""
+async def lock_allowances(conn: Connection, tenant: str, wanted: dict[BucketKey, BucketTerms]
+                          ) -> dict[BucketKey, tuple[int, int, int]]:
+    """Create missing period rows, lock all; return key → (quantity, used, reserved).
+
+    A new period of a rollover allowance starts with its quantity plus what the previous
+    period left unused (at most one period's quantity; units still reserved there are not
+    carried, they will be committed there)."""
     if not wanted:
         return {}
     keys = sorted(wanted)
@@ -86,11 +92,17 @@ async def lock_allowances(conn: Connection, tenant: str,
     # DO UPDATE takes the row lock and makes RETURNING include the existing rows).
     rows = await conn.fetch(
         "INSERT INTO allowance_usage (tenant_id, subscription_id, allowance, period_start,"
-        " quantity) SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::date[], $5::bigint[])"
-        " ORDER BY 1, 2, 3 ON CONFLICT (tenant_id, subscription_id, allowance, period_start)"
+        " quantity) SELECT $1, k.s, k.n, k.p, k.q + coalesce(least(greatest("
+        "  prev.quantity - prev.used - prev.reserved, 0), k.q), 0)"
+        " FROM unnest($2::uuid[], $3::text[], $4::date[], $5::bigint[], $6::date[])"
+        "  AS k(s, n, p, q, carry)"
+        " LEFT JOIN allowance_usage prev ON prev.subscription_id = k.s AND prev.allowance = k.n"
+        "  AND prev.period_start = k.carry"
+        " ORDER BY 2, 3, 4 ON CONFLICT (tenant_id, subscription_id, allowance, period_start)"
         " DO UPDATE SET quantity = allowance_usage.quantity"
         " RETURNING subscription_id, allowance, period_start, quantity, used, reserved",
-        tenant, subs, names, periods, [wanted[k] for k in keys])
+        tenant, subs, names, periods, [wanted[k][0] for k in keys],
+        [wanted[k][1] for k in keys])
     return {(r["subscription_id"], r["allowance"], r["period_start"]):
             (r["quantity"], r["used"], r["reserved"]) for r in rows}
 
