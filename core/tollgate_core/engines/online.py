@@ -53,6 +53,12 @@ REQUESTS_IN_FLIGHT_MAX = 64
 """Requests handled at once per process; beyond this NATS buffers them (back-pressure)."""
 UNITS_MAX = 10**12
 RETRIES_MAX = 3
+GROUP_MAX = 4
+"""Requests decided in one transaction at most (bounds lock hold time and latency)."""
+GROUP_WORKERS = 8
+"""Transactions in flight at once: statements of one group run one after another, so
+several groups overlap their database round trips."""
+_OPERATIONS = ("reserve", "commit", "release")
 _DEFERRED = uuid.UUID("0e7c5c1a-9f7e-4d55-8b0a-5d7e3c2b1a90")
 CATALOG_MAX_AGE_S = 0.5
 """Online requests look for a newer catalog revision at most this often."""
@@ -92,6 +98,9 @@ def _units(body: dict[str, Any], key: str) -> int:
     return value
 
 
+_Queued = tuple[str, dict[str, Any], "asyncio.Future[dict[str, Any]]"]
+
+
 class OnlineCharging:
     """The reserve/commit/release decisions of one tenant, against PostgreSQL."""
 
@@ -105,8 +114,10 @@ class OnlineCharging:
         self.pool = pool
         self.catalog = catalog
         self.policy = policy
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
 
-    async def reserve(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _reserve(self, conn: Connection, body: dict[str, Any]) -> dict[str, Any]:
         session_id: str = _field(body, "sessionId", str)
         request_number: int = _units(body, "requestNumber")
         subscriber: str = _field(body, "subscriber", str)
@@ -115,73 +126,71 @@ class OnlineCharging:
         except ValueError as exc:
             raise BadRequest("service: unknown service") from exc
         requested = _units(body, "units")
-        async with tenant_tx(self.pool, self.tenant) as conn:
-            previous = await reservations_repo.find_by_request(conn, session_id, request_number)
-            if previous is not None:  # a retry: the first answer stands
-                return self._granted(previous)
-            await self.catalog.refresh(conn, max_age_s=CATALOG_MAX_AGE_S)
-            now = datetime.now(UTC)
-            subs = await rating_repo.active_subscriptions(conn, [subscriber])
-            try:
-                pricing = resolve(self.catalog, subscriber, subs.get(subscriber), now)
-            except UsageRejected as rejected:
-                code = (ResultCode.USER_UNKNOWN if rejected.reason == "UNKNOWN_SUBSCRIBER"
-                        else ResultCode.RATING_FAILED)
-                return {"result": code, "detail": rejected.detail}
-            keys = pricing.allowance_keys(service)
-            locked = await rating_repo.lock_allowances(conn, self.tenant, dict(keys))
-            buckets = [AllowanceBucket(k[0], k[1], k[2], *locked[k]) for k, _ in keys]
-            priced = pricing.tariff(service)
-            paid_key = pricing.paid_key(service)
-            paid = (await rating_repo.lock_paid_usage(conn, self.tenant, [paid_key]))[paid_key] \
-                if paid_key else 0
-            owner = pricing.owner_for(service)
-            account = customer_account(str(owner.customer_id))
-            state = (await rating_repo.lock_balances(conn, [account]))[account]
-            attributes = _attributes(body)
-            factor, applied = pricing.factors(service, attributes, self.congestion)
-            price_after = pricer(priced[1], paid, pricing.when(), factor) if priced else None
-            grant = decide_grant(requested, buckets, price_after, state.spendable_micros,
-                                 priced[1].increment if priced else 1)
-            if grant.units == 0:
-                return {"result": ResultCode.CREDIT_LIMIT_REACHED if requested
-                        else ResultCode.SUCCESS, "grantedUnits": 0}
-            reservation = Reservation(
-                reservation_id=uuid.uuid4(), session_id=session_id,
-                request_number=request_number, subscription_id=owner.subscription_id,
-                customer_id=owner.customer_id, service=service.value, granted_units=grant.units,
-                allowance_units=[[str(d.subscription_id), d.allowance,
-                                  d.period_start.isoformat(), d.units] for d in grant.draws],
-                pending_micros=grant.amount_micros, catalog_revision=pricing.revision,
-                price_factors=applied, price_factor=str(factor), created_at=now,
-                state="pending", used_units=None, charged_micros=None,
-                expires_at=now + timedelta(seconds=self.policy.validity_s))
-            await reservations_repo.insert(conn, self.tenant, reservation)
-            await reservations_repo.hold(
-                conn, account,
-                [((d.subscription_id, d.allowance, d.period_start), d.units) for d in grant.draws],
-                grant.amount_micros)
-            return self._granted(reservation)
+        attributes = _attributes(body)
+        previous = await reservations_repo.find_by_request(conn, session_id, request_number)
+        if previous is not None:  # a retry: the first answer stands
+            return self._granted(previous)
+        await self.catalog.refresh(conn, max_age_s=CATALOG_MAX_AGE_S)
+        now = datetime.now(UTC)
+        subs = await rating_repo.active_subscriptions(conn, [subscriber])
+        try:
+            pricing = resolve(self.catalog, subscriber, subs.get(subscriber), now)
+        except UsageRejected as rejected:
+            code = (ResultCode.USER_UNKNOWN if rejected.reason == "UNKNOWN_SUBSCRIBER"
+                    else ResultCode.RATING_FAILED)
+            return {"result": code, "detail": rejected.detail}
+        keys = pricing.allowance_keys(service)
+        locked = await rating_repo.lock_allowances(conn, self.tenant, dict(keys))
+        buckets = [AllowanceBucket(k[0], k[1], k[2], *locked[k]) for k, _ in keys]
+        priced = pricing.tariff(service)
+        paid_key = pricing.paid_key(service)
+        paid = (await rating_repo.lock_paid_usage(conn, self.tenant, [paid_key]))[paid_key] \
+            if paid_key else 0
+        owner = pricing.owner_for(service)
+        account = customer_account(str(owner.customer_id))
+        state = (await rating_repo.lock_balances(conn, [account]))[account]
+        factor, applied = pricing.factors(service, attributes, self.congestion)
+        price_after = pricer(priced[1], paid, pricing.when(), factor) if priced else None
+        grant = decide_grant(requested, buckets, price_after, state.spendable_micros,
+                             priced[1].increment if priced else 1)
+        if grant.units == 0:
+            return {"result": ResultCode.CREDIT_LIMIT_REACHED if requested
+                    else ResultCode.SUCCESS, "grantedUnits": 0}
+        reservation = Reservation(
+            reservation_id=uuid.uuid4(), session_id=session_id,
+            request_number=request_number, subscription_id=owner.subscription_id,
+            customer_id=owner.customer_id, service=service.value, granted_units=grant.units,
+            allowance_units=[[str(d.subscription_id), d.allowance,
+                              d.period_start.isoformat(), d.units] for d in grant.draws],
+            pending_micros=grant.amount_micros, catalog_revision=pricing.revision,
+            price_factors=applied, price_factor=str(factor), created_at=now,
+            state="pending", used_units=None, charged_micros=None,
+            expires_at=now + timedelta(seconds=self.policy.validity_s))
+        await reservations_repo.insert(conn, self.tenant, reservation)
+        await reservations_repo.hold(
+            conn, account,
+            [((d.subscription_id, d.allowance, d.period_start), d.units) for d in grant.draws],
+            grant.amount_micros)
+        return self._granted(reservation)
 
     def _granted(self, r: Reservation) -> dict[str, Any]:
         return {"result": ResultCode.SUCCESS, "reservationId": str(r.reservation_id),
                 "grantedUnits": r.granted_units, "validitySeconds": self.policy.validity_s,
                 "expiresAt": r.expires_at.isoformat()}
 
-    async def commit(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _commit(self, conn: Connection, body: dict[str, Any]) -> dict[str, Any]:
         reservation_id = self._reservation_id(body)
         used = _units(body, "usedUnits")
-        async with tenant_tx(self.pool, self.tenant) as conn:
-            r = await reservations_repo.lock(conn, reservation_id)
-            if r is None:
-                return {"result": ResultCode.UNKNOWN_RESERVATION}
-            if r.state == "posted" and r.used_units == min(used, r.granted_units):
-                return self._committed(r, r.used_units, r.charged_micros or 0)
-            if r.state != "pending":
-                return {"result": ResultCode.RESERVATION_CLOSED, "state": r.state}
-            charged_units = min(used, r.granted_units)  # usage beyond the grant is not granted
-            charged = await self._post(conn, r, charged_units)
-            return self._committed(r, charged_units, charged)
+        r = await reservations_repo.lock(conn, reservation_id)
+        if r is None:
+            return {"result": ResultCode.UNKNOWN_RESERVATION}
+        if r.state == "posted" and r.used_units == min(used, r.granted_units):
+            return self._committed(r, r.used_units, r.charged_micros or 0)
+        if r.state != "pending":
+            return {"result": ResultCode.RESERVATION_CLOSED, "state": r.state}
+        charged_units = min(used, r.granted_units)  # usage beyond the grant is not granted
+        charged = await self._post(conn, r, charged_units)
+        return self._committed(r, charged_units, charged)
 
     def _committed(self, r: Reservation, used: int, charged: int) -> dict[str, Any]:
         return {"result": ResultCode.SUCCESS, "reservationId": str(r.reservation_id),
@@ -247,18 +256,17 @@ class OnlineCharging:
         except ValueError as exc:
             raise BadRequest("reservationId: must be a UUID") from exc
 
-    async def release(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _release(self, conn: Connection, body: dict[str, Any]) -> dict[str, Any]:
         reservation_id = self._reservation_id(body)
-        async with tenant_tx(self.pool, self.tenant) as conn:
-            r = await reservations_repo.lock(conn, reservation_id)
-            if r is None:
-                return {"result": ResultCode.UNKNOWN_RESERVATION}
-            if r.state in ("voided", "expired"):
-                return {"result": ResultCode.SUCCESS, "state": r.state}
-            if r.state != "pending":
-                return {"result": ResultCode.RESERVATION_CLOSED, "state": r.state}
-            await self._void(conn, r, "voided")
-            return {"result": ResultCode.SUCCESS, "state": "voided"}
+        r = await reservations_repo.lock(conn, reservation_id)
+        if r is None:
+            return {"result": ResultCode.UNKNOWN_RESERVATION}
+        if r.state in ("voided", "expired"):
+            return {"result": ResultCode.SUCCESS, "state": r.state}
+        if r.state != "pending":
+            return {"result": ResultCode.RESERVATION_CLOSED, "state": r.state}
+        await self._void(conn, r, "voided")
+        return {"result": ResultCode.SUCCESS, "state": "voided"}
 
     async def _void(self, conn: Connection, r: Reservation, state: str) -> None:
         await reservations_repo.hold(conn, customer_account(str(r.customer_id)),
@@ -276,36 +284,80 @@ class OnlineCharging:
         return len(due)
 
     async def handle(self, operation: str, payload: bytes) -> dict[str, Any]:
-        """Decode, decide, and map failures to result codes (never an unanswered request).
-
-        A deadlock or serialization failure (the transaction was rolled back whole) is
-        retried a bounded number of times."""
-        for attempt in range(1, RETRIES_MAX + 1):
-            try:
-                return await self._handle_once(operation, payload)
-            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-                if attempt == RETRIES_MAX:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _handle_once(self, operation: str, payload: bytes) -> dict[str, Any]:
+        """Decode a request and have it decided in the next group transaction."""
         try:
             body = json.loads(payload)
             if not isinstance(body, dict):
                 raise BadRequest("request must be a JSON object")
-            if operation == "reserve":
-                return await self.reserve(body)
-            if operation == "commit":
-                return await self.commit(body)
-            return await self.release(body)
+            if operation not in _OPERATIONS:
+                raise BadRequest(f"operation: one of {', '.join(_OPERATIONS)}")
         except (BadRequest, json.JSONDecodeError, UnicodeDecodeError) as exc:
             return {"result": ResultCode.INVALID_REQUEST, "detail": str(exc)}
-        except _OUTAGES as exc:
-            log.error("online charging cannot decide", tenant=self.tenant, error=repr(exc))
-            if (operation == "reserve" and self.deferred is not None
-                    and self.policy.failure_handling is FailureHandling.CONTINUE):
-                return await self._defer(body)
-            return {"result": ResultCode.UNABLE_TO_COMPLY}
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((operation, body, future))
+        self._workers = [w for w in self._workers if not w.done()]
+        if len(self._workers) < GROUP_WORKERS:
+            self._workers.append(asyncio.create_task(self._decide_groups()))
+        return await future
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _decide_groups(self) -> None:
+        """Group commit: the requests waiting when a transaction starts share it (one BEGIN,
+        one COMMIT and its WAL flush for many). Under light load a group is one request."""
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < GROUP_MAX and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            try:
+                answers = await self._decide_together(group)
+            except Exception:  # the group's transaction rolled back: decide each alone
+                answers = [await self._decide_alone(op, body) for op, body, _ in group]
+            for (_, _, future), answer in zip(group, answers, strict=True):
+                if not future.done():
+                    future.set_result(answer)
+
+    async def _decide_together(self, group: list[_Queued]) -> list[dict[str, Any]]:
+        async with tenant_tx(self.pool, self.tenant) as conn:
+            return [await self._decide(conn, op, body) for op, body, _ in group]
+
+    async def _decide_alone(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One request in its own transaction: a deadlock or serialization failure is retried
+        a bounded number of times; an outage or a bug still gets an answer."""
+        for attempt in range(1, RETRIES_MAX + 1):
+            try:
+                async with tenant_tx(self.pool, self.tenant) as conn:
+                    return await self._decide(conn, operation, body)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                if attempt < RETRIES_MAX:
+                    continue
+                log.error("online charging gave up after retries", tenant=self.tenant)
+            except _OUTAGES as exc:
+                log.error("online charging cannot decide", tenant=self.tenant, error=repr(exc))
+                if (operation == "reserve" and self.deferred is not None
+                        and self.policy.failure_handling is FailureHandling.CONTINUE):
+                    return await self._defer(body)
+            except Exception:
+                log.exception("online charging request failed", tenant=self.tenant,
+                              operation=operation)
+            break
+        return {"result": ResultCode.UNABLE_TO_COMPLY}
+
+    async def _decide(self, conn: Connection, operation: str,
+                      body: dict[str, Any]) -> dict[str, Any]:
+        """Every BadRequest is raised before the request's first statement, so refusing one
+        request never disturbs the others in its group."""
+        try:
+            if operation == "reserve":
+                return await self._reserve(conn, body)
+            if operation == "commit":
+                return await self._commit(conn, body)
+            return await self._release(conn, body)
+        except BadRequest as exc:
+            return {"result": ResultCode.INVALID_REQUEST, "detail": str(exc)}
 
     async def _defer(self, body: dict[str, Any]) -> dict[str, Any]:
         """`continue` mode: grant the configured quota now and charge it later, as a usage
@@ -375,3 +427,4 @@ async def serve(nc: Client, online: OnlineCharging, stop: asyncio.Event,
         for subscription in subscriptions:
             await subscription.unsubscribe()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await online.close()

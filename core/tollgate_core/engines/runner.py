@@ -39,7 +39,8 @@ async def _all_set(*events: asyncio.Event) -> None:
 async def run_charging(settings: ChargingSettings, stop: asyncio.Event,
                        ready: asyncio.Event | None = None) -> None:
     """`ready` is set once usage is being consumed and charge requests are answered."""
-    pool = await create_pool(settings.database_url, min_size=2, max_size=8)
+    # online group workers + offline batches + outbox relay + expiry sweep
+    pool = await create_pool(settings.database_url, min_size=2, max_size=12)
     nc = await connect(settings.nats_url, name=f"charging-{settings.tenant}")
     try:
         js = nc.jetstream()
