@@ -101,7 +101,7 @@ async def main() -> None:
         lines = await subscribers(env.pool, TENANT, LINES, payment_type="prepaid",
                                   top_up="100000.00")
         await analyze(env.owner_dsn)
-        engine = spawn([str(TOLLGATE), "charging", "--tenant", TENANT],
+        engine = spawn([str(TOLLGATE), "charging", "--tenant", TENANT, "--metrics-port", "0"],
                              {"TOLLGATE_DATABASE_URL": env.app_dsn,
                               "TOLLGATE_NATS_URL": env.nats_url,
                               "TOLLGATE_LOG_LEVEL": "WARNING"})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -41,21 +43,32 @@ class Api:
         return body
 
 
-@pytest_asyncio.fixture(scope="session")
-async def api(servers: Servers) -> AsyncIterator[Api]:
+@contextlib.asynccontextmanager
+async def serve_api(servers: Servers, clock: Callable[[], datetime] | None = None,
+                    **overrides: Any) -> AsyncIterator[Api]:
+    """A GraphQL API server on a free port with its own secret; `overrides` are ApiSettings
+    fields (e.g. a tight rate limit); `clock` the time network API calls are metered at."""
     secret = secrets.token_urlsafe(32)
     port = free_port()
     settings = ApiSettings(database_url=servers.app_dsn, nats_url=servers.nats_url,
-                           jwt_secret=secret, jwt_issuer=ISSUER, port=port)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                           jwt_secret=secret, jwt_issuer=ISSUER, port=port, **overrides)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, clock), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         assert not task.done(), "API server failed to start"
         await asyncio.sleep(0.02)
-    yield Api(f"http://127.0.0.1:{port}/graphql", TokenVerifier(secret, ISSUER))
-    server.should_exit = True
-    await task
+    try:
+        yield Api(f"http://127.0.0.1:{port}/graphql", TokenVerifier(secret, ISSUER))
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest_asyncio.fixture(scope="session")
+async def api(servers: Servers) -> AsyncIterator[Api]:
+    async with serve_api(servers) as running:
+        yield running
 
 
 StartEngine = Callable[[str], Awaitable[None]]
@@ -69,7 +82,8 @@ async def charging(servers: Servers) -> AsyncIterator[StartEngine]:
 
     async def start(tenant: str) -> None:
         settings = ChargingSettings(tenant=tenant, database_url=servers.app_dsn,
-                                    nats_url=servers.nats_url, fetch_timeout_s=0.2)
+                                    nats_url=servers.nats_url, fetch_timeout_s=0.2,
+                                    metrics_port=None)  # concurrent runs would share 9090
         ready = asyncio.Event()
         task = asyncio.create_task(run_charging(settings, stop, ready))
         tasks.append(task)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cross_web import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -20,9 +19,12 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UNSET, UnsetType
 
-from tollgate_api.auth import TokenVerifier, Unauthenticated
+from tollgate_api.auth import Principal, TokenVerifier, Unauthenticated
 from tollgate_api.context import Context
+from tollgate_api.credentials import API_KEY_HEADER, Credentials
+from tollgate_api.http import GraphQLHTTP
 from tollgate_api.live import EventHub
+from tollgate_api.ratelimit import RateLimiter
 from tollgate_api.schema import build_schema
 from tollgate_core.bus.nats import connect
 from tollgate_core.settings import ApiSettings
@@ -30,32 +32,36 @@ from tollgate_core.store.db import Pool, create_pool
 
 
 class TollgateGraphQL(GraphQL[Context, None]):
-    """Strawberry's ASGI view with our context: the credential decides the tenant."""
+    """Strawberry's ASGI view, for websockets (graphql-transport-ws) and the GraphiQL page;
+    GET and POST requests are `GraphQLHTTP`'s. The credential decides the tenant."""
 
-    def __init__(self, verifier: TokenVerifier, graphiql: bool) -> None:
+    def __init__(self, credentials: Credentials, graphiql: bool,
+                 clock: Callable[[], datetime] | None = None) -> None:
         super().__init__(build_schema(introspection=graphiql),
                          graphql_ide="graphiql" if graphiql else None,
                          connection_init_wait_timeout=timedelta(seconds=10))
-        self.verifier = verifier
+        self.credentials = credentials
         self.pool: Pool | None = None
         self.hub = EventHub()
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    def new_context(self, caller: Principal | None = None) -> Context:
+        """The one place a request's context is made (HTTP and websocket)."""
+        assert self.pool is not None, "the app lifespan opens the pool"
+        return Context(pool=self.pool, hub=self.hub, caller=caller, clock=self.clock)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        assert self.pool is not None, "the app lifespan opens the pool"
-        context = Context(pool=self.pool, hub=self.hub)
-        if isinstance(request, WebSocket):
-            return context  # authenticated by on_ws_connect, from connection_init
-        try:
-            context.caller = self.verifier.verify(request.headers.get("authorization"))
-        except Unauthenticated as exc:
-            raise HTTPException(401, str(exc)) from exc
-        return context
+        """Websockets only: authenticated later by on_ws_connect, from connection_init."""
+        return self.new_context()
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
-        """graphql-transport-ws: the bearer token travels in the connection_init payload."""
+        """graphql-transport-ws: the credential travels in the connection_init payload
+        (`Authorization`, or a partner's `X-Api-Key`)."""
         params = {k.lower(): v for k, v in context.connection_params.items()}
+        api_key = params.get(API_KEY_HEADER)
         try:
-            context.caller = self.verifier.verify(str(params.get("authorization", "")))
+            context.caller = await self.credentials.authenticate(
+                str(params.get("authorization", "")), None if api_key is None else str(api_key))
         except Unauthenticated as exc:
             raise ConnectionRejectionError({"reason": str(exc)}) from exc
         acknowledged: UnsetType = UNSET  # plain connection_ack, no payload
@@ -85,13 +91,21 @@ class BodySizeLimit:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: ApiSettings) -> Starlette:
-    graphql = TollgateGraphQL(TokenVerifier(settings.jwt_secret, settings.jwt_issuer),
-                              settings.graphiql)
+def create_app(settings: ApiSettings, clock: Callable[[], datetime] | None = None) -> Starlette:
+    """`clock`: the time partners' network API calls are metered at (default: now)."""
+    verifier = TokenVerifier(settings.jwt_secret, settings.jwt_issuer)
+    credentials = Credentials(verifier)
+    graphql = TollgateGraphQL(credentials, settings.graphiql, clock)
+    limiter = (RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+               if settings.rate_limit_per_s > 0 else None)
+    http = GraphQLHTTP(graphql.schema, credentials, graphql.new_context, limiter,
+                       graphql.render_graphql_ide if settings.graphiql else None)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         graphql.pool = await create_pool(settings.database_url, max_size=20)
+        verifier.attach(graphql.pool)  # tenant issuers: specs read through the pool
+        credentials.pool = graphql.pool  # partner API keys: looked up by their digest
         nc = await connect(settings.nats_url, name="tollgate-api")
         await graphql.hub.start(nc)
         try:
@@ -112,6 +126,6 @@ def create_app(settings: ApiSettings) -> Starlette:
     return Starlette(lifespan=lifespan, middleware=[Middleware(BodySizeLimit)], routes=[
         Route("/healthz", healthz),
         Route("/metrics", metrics),
-        Route("/graphql", graphql, methods=["GET", "POST"]),
+        Route("/graphql", http.handle, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
     ])

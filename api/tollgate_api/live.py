@@ -18,9 +18,12 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from prometheus_client import Gauge
 
 log = structlog.get_logger(__name__)
 QUEUE_MAX = 100
+LISTENERS = Gauge("tollgate_api_live_listeners",
+                  "Live-update listeners (one per active websocket subscription)", ["tenant"])
 
 
 class EventHub:
@@ -60,9 +63,12 @@ class EventHub:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_MAX)
         key = (tenant, event)
         self._listeners[key].add(queue)
+        listeners = LISTENERS.labels(tenant)
+        listeners.inc()
         try:
             yield queue
         finally:
+            listeners.dec()
             self._listeners[key].discard(queue)
             if not self._listeners[key]:
                 del self._listeners[key]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
-from collections.abc import AsyncGenerator
-from datetime import datetime
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import date, datetime
 from typing import Annotated, Any
 
 import strawberry
@@ -13,22 +12,50 @@ from graphql import GraphQLError
 from strawberry.extensions import (
     DisableIntrospection,
     MaskErrors,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
+    SchemaExtension,
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
+from tollgate_api.assurance import ASSURANCE_DESCRIPTION, Assurance, resolve_assurance
+from tollgate_api.common import (
+    cursor,
+    graphql_error,
+    keyset,
+    keyset_cursor,
+    page_size,
+    uncursor,
+    user_error,
+)
 from tollgate_api.context import Context
+from tollgate_api.customers import (
+    Customer,
+    CustomerConnection,
+    CustomerEdge,
+    load_customer,
+    order_connection,
+    order_from_data,
+    order_view,
+)
+from tollgate_api.invoices import (
+    DatePeriod,
+    Invoice,
+    InvoiceKind,
+    InvoiceState,
+    load_invoice,
+)
+from tollgate_api.limits import limit_extensions
+from tollgate_api.network_apis import RequestQualityOnDemandResult, request_quality_on_demand
 from tollgate_api.offers import offer_view
+from tollgate_api.partners import PartnerAgreement, partner_view
 from tollgate_api.types import (
     LONG_SCALAR,
-    Allowance,
-    Balance,
+    CancellationEffective,
     ConflictError,
+    ConsentChannel,
+    ConsentState,
     ForbiddenError,
     Long,
     Money,
@@ -36,134 +63,30 @@ from tollgate_api.types import (
     Offer,
     OfferConnection,
     OfferEdge,
+    Order,
+    OrderConnection,
     PageInfo,
-    RatedUsage,
-    RatedUsageConnection,
-    RatedUsageEdge,
-    Subscription,
-    UserError,
     ValidationError,
 )
 from tollgate_core import customer_service
+from tollgate_core.domain.care import CancelEffect
 from tollgate_core.domain.catalog import compile_offer
-from tollgate_core.domain.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
-from tollgate_core.store import accounts_repo, catalog_repo, queries
+from tollgate_core.domain.errors import DomainError, Forbidden, Invalid, NotFound
+from tollgate_core.store import care_repo, catalog_repo, queries
 from tollgate_core.store.db import tenant_tx
-
-MAX_PAGE = 100
-
-
-def graphql_error(error: DomainError) -> GraphQLError:
-    """Expected errors keep their message and carry a stable code and the field."""
-    return GraphQLError(error.message, extensions={"code": error.code, "field": error.field})
-
-
-def user_error(error: DomainError) -> UserError:
-    kinds: dict[type[DomainError], type] = {Invalid: ValidationError, NotFound: NotFoundError,
-                                            Conflict: ConflictError, Forbidden: ForbiddenError}
-    kind = kinds.get(type(error), ValidationError)
-    result: UserError = kind(code=error.code, message=error.message, field=error.field)
-    return result
-
-
-def _page_size(first: int) -> int:
-    if not 1 <= first <= MAX_PAGE:
-        raise graphql_error(Invalid(f"first must be between 1 and {MAX_PAGE}", field="first"))
-    return first
-
-
-def _cursor(*parts: str) -> str:
-    return base64.urlsafe_b64encode("|".join(parts).encode()).decode()
-
-
-def _uncursor(cursor: str) -> list[str]:
-    try:
-        return base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise graphql_error(Invalid("malformed cursor", field="after")) from exc
-
-
-@strawberry.type(description="A customer of the tenant (personal data lives only here).")
-class Customer:
-    id: uuid.UUID
-    name: str | None
-    email: str | None
-    customer_type: str
-    payment_type: str
-    created_at: datetime
-
-    @strawberry.field
-    async def subscriptions(self, info: Info[Context, None]) -> list[Subscription]:
-        async with tenant_tx(info.context.pool, info.context.tenant, readonly=True) as conn:
-            rows = await accounts_repo.list_subscriptions(conn, self.id)
-        return [Subscription(id=r.subscription_id, offer_id=r.offer, subscriber=r.subscriber,
-                             status=r.status, catalog_revision=r.catalog_revision,
-                             started_at=r.started_at) for r in rows]
-
-    @strawberry.field
-    async def balance(self, info: Info[Context, None]) -> Balance | None:
-        async with tenant_tx(info.context.pool, info.context.tenant, readonly=True) as conn:
-            row = await queries.balance(conn, self.id)
-        if row is None:
-            return None
-        return Balance(balance=Money(amount_micros=row.balance_micros, currency=row.currency),
-                       overage=Money(amount_micros=row.owed_micros, currency=row.currency))
-
-    @strawberry.field(description="Allowances of active subscriptions, current period.")
-    async def allowances(self, info: Info[Context, None]) -> list[Allowance]:
-        async with tenant_tx(info.context.pool, info.context.tenant, readonly=True) as conn:
-            rows = await queries.current_allowances(conn, self.id)
-        return [Allowance(subscription_id=r.subscription_id, name=r.allowance,
-                          period_start=r.period_start, quantity=r.quantity, used=r.used)
-                for r in rows]
-
-    @strawberry.field(description="Rated usage, newest first.")
-    async def usage(self, info: Info[Context, None], first: int = 20,
-                    after: str | None = None) -> RatedUsageConnection:
-        limit = _page_size(first)
-        before = None
-        if after is not None:
-            start, event_id = _uncursor(after)
-            before = (datetime.fromisoformat(start), uuid.UUID(event_id))
-        async with tenant_tx(info.context.pool, info.context.tenant, readonly=True) as conn:
-            rows = await queries.rated_usage(conn, self.id, limit + 1, before)
-        edges = [RatedUsageEdge(cursor=_cursor(r.start_time.isoformat(), str(r.event_id)),
-                                node=RatedUsage(
-                                    event_id=r.event_id, subscription_id=r.subscription_id,
-                                    service=r.service, quantity=r.quantity,
-                                    allowance_units=r.allowance_units,
-                                    chargeable_units=r.chargeable_units,
-                                    charge=Money(amount_micros=r.amount_micros,
-                                                 currency=r.currency),
-                                    price_name=r.price_name,
-                                    catalog_revision=r.catalog_revision,
-                                    start_time=r.start_time))
-                 for r in rows[:limit]]
-        return RatedUsageConnection(edges=edges, page_info=PageInfo(
-            has_next_page=len(rows) > limit, end_cursor=edges[-1].cursor if edges else None))
-
-
-async def load_customer(context: Context, customer_id: uuid.UUID) -> Customer:
-    try:
-        context.check_customer(customer_id)
-    except Forbidden as exc:
-        raise graphql_error(exc) from exc
-    async with tenant_tx(context.pool, context.tenant, readonly=True) as conn:
-        row = await accounts_repo.get_customer(conn, customer_id)
-    if row is None:
-        raise graphql_error(NotFound("customer does not exist", field="id"))
-    return Customer(id=row.customer_id, name=row.name, email=row.email,
-                    customer_type=row.customer_type, payment_type=row.payment_type,
-                    created_at=row.created_at)
+from tollgate_core.store.queries import PageKey
 
 
 @strawberry.type
 class Query:
+    assurance: Assurance = strawberry.field(resolver=resolve_assurance,
+                                            description=ASSURANCE_DESCRIPTION)
+
     @strawberry.field(description="Active offers of the caller's tenant, by name.")
     async def offers(self, info: Info[Context, None], first: int = 20, after: str | None = None,
                      channel: str | None = None, segment: str | None = None) -> OfferConnection:
-        limit = _page_size(first)
-        start_after = _uncursor(after)[0] if after else ""
+        limit = page_size(first)
+        start_after = uncursor(after)[0] if after else ""
         async with tenant_tx(info.context.pool, info.context.tenant, readonly=True) as conn:
             latest = await catalog_repo.latest_revision(conn, info.context.tenant)
         if latest is None:
@@ -181,7 +104,7 @@ class Query:
                 continue
             sellable.append(offer_view(compiled, latest.source.tenant.currency, latest.revision))
         page = [o for o in sellable if o.id > start_after]
-        edges = [OfferEdge(cursor=_cursor(o.id), node=o) for o in page[:limit]]
+        edges = [OfferEdge(cursor=cursor(o.id), node=o) for o in page[:limit]]
         return OfferConnection(edges=edges, total_count=len(sellable), page_info=PageInfo(
             has_next_page=len(page) > limit, end_cursor=edges[-1].cursor if edges else None))
 
@@ -205,6 +128,70 @@ class Query:
     @strawberry.field(description="A customer by id (agents; customers only themself).")
     async def customer(self, info: Info[Context, None], id: uuid.UUID) -> Customer:
         return await load_customer(info.context, id)
+
+    @strawberry.field(description="An invoice or statement: a customer's own, any of the "
+                      "tenant's for agents and admins (NOT_FOUND otherwise).")
+    async def invoice(self, info: Info[Context, None], id: uuid.UUID) -> Invoice:
+        return await load_invoice(info.context, id)
+
+    @strawberry.field(description="The tenant's customers, newest first (agents and admins).")
+    async def customers(self, info: Info[Context, None], first: int = 20,
+                        after: str | None = None) -> CustomerConnection:
+        ctx = info.context
+        try:
+            ctx.check_staff()
+        except Forbidden as exc:
+            raise graphql_error(exc) from exc
+        limit = page_size(first)
+        async with tenant_tx(ctx.pool, ctx.tenant, readonly=True) as conn:
+            rows = await queries.customer_page(conn, limit + 1, keyset(after))
+        for row in rows:  # already loaded: nested fields need not read them again
+            ctx.loaders.customer.prime(row.customer_id, row)
+        edges = [CustomerEdge(cursor=keyset_cursor(r.created_at, r.customer_id),
+                              node=Customer.of(r)) for r in rows[:limit]]
+        return CustomerConnection(edges=edges, page_info=PageInfo(
+            has_next_page=len(rows) > limit, end_cursor=edges[-1].cursor if edges else None))
+
+    @strawberry.field(description="Orders, newest first: a customer's own, or the tenant's "
+                      "for agents and admins.")
+    async def orders(self, info: Info[Context, None], first: int = 20,
+                     after: str | None = None) -> OrderConnection:
+        ctx = info.context
+        try:
+            scope = ctx.customer_scope()
+        except Forbidden as exc:
+            raise graphql_error(exc) from exc
+        limit = page_size(first)
+        if scope is not None:
+            rows = await ctx.loaders.orders.load(PageKey(scope, limit + 1, keyset(after)))
+        else:
+            async with tenant_tx(ctx.pool, ctx.tenant, readonly=True) as conn:
+                rows = await queries.order_page(conn, limit + 1, keyset(after))
+        return order_connection(rows, limit)
+
+    @strawberry.field(description="A partner agreement: a partner's credential sees its own "
+                      "(no id needed); agents and admins name one by id.")
+    async def partner(self, info: Info[Context, None],
+                      id: str | None = None) -> PartnerAgreement:
+        ctx = info.context
+        principal = ctx.principal
+        own = principal.agreement
+        if own is not None:
+            if id is not None and id != own:
+                raise graphql_error(NotFound("partner agreement does not exist", field="id"))
+            name = own
+        elif principal.is_staff:
+            if id is None:
+                raise graphql_error(Invalid("name the partner agreement", field="id"))
+            name = id
+        else:
+            raise graphql_error(Forbidden("this credential may not see partner agreements"))
+        async with tenant_tx(ctx.pool, ctx.tenant, readonly=True) as conn:
+            latest = await catalog_repo.latest_revision(conn, ctx.tenant)
+        if latest is None or name not in latest.source.partners:
+            raise graphql_error(NotFound("partner agreement does not exist", field="id"))
+        return partner_view(name, latest.source.partners[name], latest.revision,
+                            latest.source.tenant.currency)
 
 
 @strawberry.input
@@ -230,6 +217,9 @@ class PlaceOrderInput:
 @strawberry.type
 class PlaceOrderSuccess:
     subscription_id: uuid.UUID
+    order: Order | None = strawberry.field(
+        description="The order (null only for a repeat of a request made before orders were "
+        "recorded).")
     customer: Customer
 
 
@@ -244,18 +234,67 @@ class TopUpSuccess:
     balance: Money
 
 
-RegisterCustomerResult = Annotated[RegisterCustomerSuccess | ValidationError | NotFoundError
-                                   | ConflictError | ForbiddenError,
+@strawberry.type
+class UpdateConsentSuccess:
+    consent: ConsentState
+    customer: Customer
+
+
+@strawberry.type
+class CancelSubscriptionSuccess:
+    order: Order
+    ends_at: datetime = strawberry.field(description="When the subscriptions end (or ended).")
+    customer: Customer
+
+
+@strawberry.type
+class EraseCustomerSuccess:
+    erased_at: datetime
+    customer: Customer
+
+
+@strawberry.type(description="Part of a payment settling one invoice.")
+class PaymentAllocation:
+    amount: Money
+    invoice: Invoice = strawberry.field(description="The invoice as it stands now.")
+
+
+@strawberry.type
+class RecordPaymentSuccess:
+    payment_reference: str
+    amount: Money
+    allocations: list[PaymentAllocation] = strawberry.field(
+        description="The open invoices the payment settled, oldest due first.")
+    unapplied: Money = strawberry.field(description="What no open invoice needed: it stays "
+                                        "on the account as credit.")
+    customer: Customer
+
+
+Errors = ValidationError | NotFoundError | ConflictError | ForbiddenError
+RegisterCustomerResult = Annotated[RegisterCustomerSuccess | Errors,
                                    strawberry.union("RegisterCustomerResult")]
-PlaceOrderResult = Annotated[PlaceOrderSuccess | ValidationError | NotFoundError
-                             | ConflictError | ForbiddenError,
-                             strawberry.union("PlaceOrderResult")]
-TopUpResult = Annotated[TopUpSuccess | ValidationError | NotFoundError | ConflictError
-                        | ForbiddenError, strawberry.union("TopUpResult")]
+PlaceOrderResult = Annotated[PlaceOrderSuccess | Errors, strawberry.union("PlaceOrderResult")]
+TopUpResult = Annotated[TopUpSuccess | Errors, strawberry.union("TopUpResult")]
+UpdateConsentResult = Annotated[UpdateConsentSuccess | Errors,
+                                strawberry.union("UpdateConsentResult")]
+CancelSubscriptionResult = Annotated[CancelSubscriptionSuccess | Errors,
+                                     strawberry.union("CancelSubscriptionResult")]
+EraseCustomerResult = Annotated[EraseCustomerSuccess | Errors,
+                                strawberry.union("EraseCustomerResult")]
+RecordPaymentResult = Annotated[RecordPaymentSuccess | Errors,
+                                strawberry.union("RecordPaymentResult")]
 
 
 @strawberry.type
 class Mutation:
+    request_quality_on_demand: RequestQualityOnDemandResult = strawberry.mutation(
+        resolver=request_quality_on_demand,
+        description="Partners (API key): ask the network for a CAMARA-style Quality-on-Demand "
+        "session for a device; metered against the agreement's `qod` network API (FORBIDDEN "
+        "without it, QUOTA_EXCEEDED beyond its monthly quota, HTTP 429 RATE_LIMITED beyond "
+        "its calls per second) and charged its price per call. A repeat with the same "
+        "idempotencyKey returns the first session and costs nothing.")
+
     @strawberry.mutation(description="Register a customer (agents and admins).")
     async def register_customer(self, info: Info[Context, None], input: RegisterCustomerInput,
                                 idempotency_key: str) -> RegisterCustomerResult:
@@ -270,19 +309,23 @@ class Mutation:
             return user_error(exc)
         return RegisterCustomerSuccess(customer=await load_customer(ctx, customer_id))
 
-    @strawberry.mutation(description="Subscribe a customer's line to a plan or add-on.")
+    @strawberry.mutation(description="Subscribe a customer's line to a plan or add-on "
+                         "(recorded as an order).")
     async def place_order(self, info: Info[Context, None], input: PlaceOrderInput,
                           idempotency_key: str) -> PlaceOrderResult:
         ctx = info.context
         try:
             ctx.check_customer(input.customer_id)
-            subscription_id = await customer_service.place_order(
+            placed = await customer_service.order_offer(
                 ctx.pool, ctx.tenant, customer_id=input.customer_id, offer=input.offer_id,
                 subscriber=input.subscriber, idempotency_key=idempotency_key)
         except DomainError as exc:
             return user_error(exc)
-        return PlaceOrderSuccess(subscription_id=subscription_id,
-                                 customer=await load_customer(ctx, input.customer_id))
+        ctx.forget_reads()
+        return PlaceOrderSuccess(
+            subscription_id=placed.subscription_id,
+            order=await _order(ctx, placed.order_id) if placed.order_id else None,
+            customer=await load_customer(ctx, input.customer_id))
 
     @strawberry.mutation(description="Add prepaid credit to a customer's balance.")
     async def top_up(self, info: Info[Context, None], input: TopUpInput,
@@ -298,7 +341,109 @@ class Mutation:
         except DomainError as exc:
             return user_error(exc)
         assert spec is not None
+        ctx.forget_reads()
         return TopUpSuccess(balance=Money(amount_micros=balance, currency=spec.currency))
+
+    @strawberry.mutation(description="Record consent decisions: each is a history row with "
+                         "its time, channel and the credential that recorded it.")
+    async def update_consent(self, info: Info[Context, None], customer_id: uuid.UUID,
+                             channel: ConsentChannel, idempotency_key: str,
+                             marketing: bool | None = None,
+                             data_processing: bool | None = None) -> UpdateConsentResult:
+        ctx = info.context
+        try:
+            ctx.check_customer(customer_id)
+            await customer_service.update_consent(
+                ctx.pool, ctx.tenant, customer_id=customer_id, marketing=marketing,
+                data_processing=data_processing, channel=channel.value,
+                recorded_by=ctx.principal.subject, idempotency_key=idempotency_key)
+        except DomainError as exc:
+            return user_error(exc)
+        ctx.forget_reads()
+        state = await ctx.loaders.consent.load(customer_id)
+        return UpdateConsentSuccess(
+            consent=ConsentState(marketing=state.marketing,
+                                 data_processing=state.data_processing,
+                                 updated_at=state.updated_at),
+            customer=await load_customer(ctx, customer_id))
+
+    @strawberry.mutation(description="Cancel a subscription now, or at the end of the bill "
+                         "cycle (active until then). Cancelling a plan also cancels the add-ons "
+                         "of its line. Recorded as a cancel order.")
+    async def cancel_subscription(
+            self, info: Info[Context, None], subscription_id: uuid.UUID, idempotency_key: str,
+            effective: CancellationEffective = CancellationEffective.IMMEDIATE,
+    ) -> CancelSubscriptionResult:
+        ctx = info.context
+        try:
+            cancelled = await customer_service.cancel_subscription(
+                ctx.pool, ctx.tenant, subscription_id=subscription_id,
+                effect=CancelEffect(effective.value), only_customer=ctx.customer_scope(),
+                idempotency_key=idempotency_key)
+        except DomainError as exc:
+            return user_error(exc)
+        ctx.forget_reads()
+        return CancelSubscriptionSuccess(
+            order=await _order(ctx, cancelled.order_id), ends_at=cancelled.ends_at,
+            customer=await load_customer(ctx, cancelled.customer_id))
+
+    @strawberry.mutation(description="GDPR erasure (agents and admins): name, e-mail and the "
+                         "customer's lines become irreversible pseudonyms; ledger, rated usage, "
+                         "orders and consent history stay. Needs no active subscription.")
+    async def erase_customer(self, info: Info[Context, None], customer_id: uuid.UUID,
+                             idempotency_key: str) -> EraseCustomerResult:
+        ctx = info.context
+        try:
+            ctx.check_staff()
+            erased_at = await customer_service.erase_customer(
+                ctx.pool, ctx.tenant, customer_id=customer_id,
+                requested_by=ctx.principal.subject, idempotency_key=idempotency_key)
+        except DomainError as exc:
+            return user_error(exc)
+        ctx.forget_reads()
+        return EraseCustomerSuccess(erased_at=erased_at,
+                                    customer=await load_customer(ctx, customer_id))
+
+    @strawberry.mutation(description="Record a payment received for a customer (agents and "
+                         "admins) and settle their open invoices with it, oldest due first; "
+                         "the rest stays on the account as credit. `paymentReference` "
+                         "identifies the payment (e.g. the bank's or gateway's reference): "
+                         "recording it again changes nothing.")
+    async def record_payment(self, info: Info[Context, None], customer_id: uuid.UUID,
+                             amount: str, payment_reference: str,
+                             idempotency_key: str) -> RecordPaymentResult:
+        ctx = info.context
+        try:
+            ctx.check_staff()
+            recorded = await customer_service.record_payment(
+                ctx.pool, ctx.tenant, customer_id=customer_id, amount=amount,
+                payment_reference=payment_reference, idempotency_key=idempotency_key)
+        except DomainError as exc:
+            return user_error(exc)
+        ctx.forget_reads()
+        rows = await ctx.loaders.invoice.load_many([i for i, _ in recorded.applied])
+        settled = []
+        for row, (_, micros) in zip(rows, recorded.applied, strict=True):
+            assert row is not None, "an invoice a payment settled exists"
+            settled.append((row, micros))
+        settled.sort(key=lambda s: (s[0].due_date or s[0].bill_date, s[0].bill_no))
+        allocations = [PaymentAllocation(invoice=Invoice.of(row), amount=Money(
+            amount_micros=micros, currency=recorded.currency)) for row, micros in settled]
+        return RecordPaymentSuccess(
+            payment_reference=recorded.payment_reference,
+            amount=Money(amount_micros=recorded.amount_micros, currency=recorded.currency),
+            allocations=allocations,
+            unapplied=Money(amount_micros=recorded.unapplied_micros,
+                            currency=recorded.currency),
+            customer=await load_customer(ctx, customer_id))
+
+
+async def _order(ctx: Context, order_id: uuid.UUID) -> Order:
+    async with tenant_tx(ctx.pool, ctx.tenant, readonly=True) as conn:
+        row = await care_repo.get_order(conn, order_id)
+    if row is None:
+        raise graphql_error(NotFound("order does not exist"))
+    return order_view(row)
 
 
 @strawberry.type(description="A customer's balance after a change.")
@@ -314,6 +459,37 @@ class ThresholdCrossing:
     threshold: str
     period_start: str
     upsell_offer: str | None
+
+
+@strawberry.type(description="An invoice or statement was issued (`evt.invoice.issued`).")
+class InvoiceIssued:
+    invoice_id: uuid.UUID
+    bill_no: str
+    kind: InvoiceKind
+    customer_id: uuid.UUID
+    billing_period: DatePeriod
+    amount_due: Money
+    tax_amount: Money
+    payment_due_date: date | None
+    state: InvoiceState
+
+    @strawberry.field(description="The whole document (read when asked for).")
+    async def invoice(self, info: Info[Context, None]) -> Invoice:
+        return await load_invoice(info.context, self.invoice_id)
+
+
+def _invoice_issued(data: dict[str, Any]) -> InvoiceIssued:
+    currency = str(data["currency"])
+    due = data.get("dueDate")
+    return InvoiceIssued(
+        invoice_id=uuid.UUID(data["invoiceId"]), bill_no=str(data["billNo"]),
+        kind=InvoiceKind(data["kind"]), customer_id=uuid.UUID(data["customerId"]),
+        billing_period=DatePeriod(start=date.fromisoformat(data["periodStart"]),
+                                  end=date.fromisoformat(data["periodEnd"])),
+        amount_due=Money(amount_micros=int(data["totalMicros"]), currency=currency),
+        tax_amount=Money(amount_micros=int(data["taxMicros"]), currency=currency),
+        payment_due_date=date.fromisoformat(due) if due else None,
+        state=InvoiceState(data["state"]))
 
 
 @strawberry.type(name="LiveUpdates", description="Subscriptions over graphql-transport-ws. "
@@ -336,19 +512,52 @@ class LiveUpdates:
                                     period_start=str(data["periodStart"]),
                                     upsell_offer=data.get("upsellOffer"))
 
+    @strawberry.subscription(description="A customer's orders as they are placed and change.")
+    async def order_updated(self, info: Info[Context, None], customer_id: uuid.UUID
+                            ) -> AsyncGenerator[Order, None]:
+        async for data in _customer_events(info.context, "order.updated", customer_id):
+            yield order_from_data(data)
 
-async def _customer_events(ctx: Context, event: str, customer_id: uuid.UUID
+    @strawberry.subscription(description="Invoices and statements as bill runs issue them: "
+                             "one customer's, or (agents and admins, without customerId) "
+                             "every customer's of the tenant.")
+    async def invoice_issued(self, info: Info[Context, None],
+                             customer_id: uuid.UUID | None = None
+                             ) -> AsyncGenerator[InvoiceIssued, None]:
+        async for data in _customer_events(info.context, "invoice.issued", customer_id):
+            yield _invoice_issued(data)
+
+
+async def _customer_events(ctx: Context, event: str, customer_id: uuid.UUID | None
                            ) -> AsyncGenerator[dict[str, Any], None]:
-    """The `data` of the caller's tenant's `event`s about one customer they may see."""
+    """The `data` of the caller's tenant's `event`s about one customer they may see; with
+    no customer named, every customer the caller may see (a customer: themself)."""
     try:
-        ctx.check_customer(customer_id)
+        if customer_id is None:
+            scope = ctx.customer_scope()
+        else:
+            ctx.check_customer(customer_id)
+            scope = customer_id
     except Forbidden as exc:
         raise graphql_error(exc) from exc
+    wanted = None if scope is None else str(scope)
     async with ctx.hub.listen(ctx.tenant, event) as queue:
         while True:
             data = await queue.get()
-            if data.get("customerId") == str(customer_id):
+            if wanted is None or data.get("customerId") == wanted:
                 yield data
+
+
+class RequestScope(SchemaExtension):
+    """Per operation: start with empty DataLoaders (a websocket connection runs many
+    operations). Credentials, API keys included, are resolved before execution (HTTP:
+    `GraphQLHTTP`, websockets: `connection_init`)."""
+
+    async def on_operation(self) -> AsyncIterator[None]:
+        ctx = self.execution_context.context
+        if isinstance(ctx, Context):
+            ctx.forget_reads()
+        yield
 
 
 DEPTH_MAX = 10
@@ -359,9 +568,8 @@ TOKENS_MAX = 2_000
 def build_schema(introspection: bool = True) -> strawberry.Schema:
     """Limits bound what one request may ask for; parsing and validation are cached."""
     extensions: list[Any] = [
-        lambda: QueryDepthLimiter(max_depth=DEPTH_MAX),
-        lambda: MaxAliasesLimiter(max_alias_count=ALIASES_MAX),
-        lambda: MaxTokensLimiter(max_token_count=TOKENS_MAX),
+        RequestScope,
+        *limit_extensions(DEPTH_MAX, ALIASES_MAX, TOKENS_MAX),  # before the caches
         lambda: ParserCache(maxsize=256),
         lambda: ValidationCache(maxsize=256),
         lambda: MaskErrors(should_mask_error=_is_internal),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
+from enum import Enum
 from typing import Annotated, NewType
 
 import strawberry
@@ -107,6 +108,9 @@ class Subscription:
     status: str
     catalog_revision: int
     started_at: datetime
+    ends_at: datetime | None = strawberry.field(
+        default=None, description="When it ended, or ends (a cancellation at the end of the "
+        "period keeps it active until then).")
 
 
 @strawberry.type(description="A usage price tier: units in [from, to) cost unitPrice per `per`.")
@@ -194,3 +198,140 @@ class ForbiddenError:
 
 UserError = Annotated[ValidationError | NotFoundError | ConflictError | ForbiddenError,
                       strawberry.union("UserError")]
+
+
+# ---------------------------------------------------------------- customer care
+
+
+@strawberry.enum(description="What an order does.")
+class OrderType(Enum):
+    ADD = "add"
+    CANCEL = "cancel"
+
+
+@strawberry.enum(description="Where an order stands.")
+class OrderState(Enum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+@strawberry.enum
+class OrderItemAction(Enum):
+    ADD = "add"
+    DELETE = "delete"
+
+
+@strawberry.enum(description="When a cancellation takes effect.")
+class CancellationEffective(Enum):
+    IMMEDIATE = "immediate"
+    END_OF_PERIOD = "endOfPeriod"
+
+
+@strawberry.enum(description="Where a consent decision was given.")
+class ConsentChannel(Enum):
+    WEB = "web"
+    APP = "app"
+    AGENT = "agent"
+    STORE = "store"
+    API = "api"
+
+
+@strawberry.enum
+class ConsentPurpose(Enum):
+    MARKETING = "marketing"
+    DATA_PROCESSING = "dataProcessing"
+
+
+@strawberry.type(description="One offer of an order and what happens to it.")
+class OrderItem:
+    action: OrderItemAction
+    offer_id: str
+    subscription_id: uuid.UUID
+
+
+@strawberry.type(description="A customer's order (subscribe, cancel).")
+class Order:
+    id: uuid.UUID
+    customer_id: uuid.UUID
+    type: OrderType
+    state: OrderState
+    items: list[OrderItem]
+    due_at: datetime | None = strawberry.field(
+        description="When a pending order takes effect.")
+    created_at: datetime
+    updated_at: datetime
+
+
+@strawberry.type
+class OrderEdge:
+    cursor: str
+    node: Order
+
+
+@strawberry.type
+class OrderConnection:
+    edges: list[OrderEdge]
+    page_info: PageInfo
+
+
+@strawberry.type(description="The customer's current consent per purpose (null: never asked).")
+class ConsentState:
+    marketing: bool | None
+    data_processing: bool | None
+    updated_at: datetime | None
+
+
+@strawberry.type(description="One consent decision, as recorded.")
+class ConsentRecord:
+    id: uuid.UUID
+    purpose: ConsentPurpose
+    granted: bool
+    channel: ConsentChannel
+    recorded_by: str = strawberry.field(description="Subject of the credential that recorded it.")
+    recorded_at: datetime
+
+
+@strawberry.type
+class ConsentRecordEdge:
+    cursor: str
+    node: ConsentRecord
+
+
+@strawberry.type
+class ConsentRecordConnection:
+    edges: list[ConsentRecordEdge]
+    page_info: PageInfo
+
+
+# ---------------------------------------------------------------- partners
+
+
+@strawberry.type(description="Above `from` of monthly gross revenue, the partner gets `percent`.")
+class RevenueShareTier:
+    from_: Money = strawberry.field(name="from")
+    percent: str
+
+
+@strawberry.type(description="How revenue is shared with the partner.")
+class RevenueShare:
+    model: str = strawberry.field(description="percentage, perUnitFee or tiered.")
+    percent: str | None = strawberry.field(description="Partner share in percent (percentage).")
+    per_unit_fee: Money | None
+    tiers: list[RevenueShareTier]
+    payer: str = strawberry.field(description="Who pays the share: operator or partner.")
+
+
+@strawberry.type
+class PartnerSettlement:
+    period: str
+    minimum_guarantee: Money | None
+    cap: Money | None
+
+
+@strawberry.type(description="A network API the partner may call, and its price.")
+class PartnerNetworkApi:
+    name: str
+    price_per_call: Money | None
+    rate_limit_per_second: int
+    monthly_quota: int | None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import structlog
@@ -15,12 +17,13 @@ from rich.console import Console
 
 from tollgate_api.app import create_app
 from tollgate_api.auth import TokenVerifier
-from tollgate_cli.localstate import LocalState, load_or_create
+from tollgate_cli.localstate import LocalState, load_or_create, save_partner_keys
+from tollgate_core.billing.service import run_billing
 from tollgate_core.bus.nats import connect, ensure_streams
 from tollgate_core.engines.runner import run_charging
 from tollgate_core.local.apply import apply_resources, load_documents
 from tollgate_core.local.servers import NatsServer, PostgresServer
-from tollgate_core.settings import ApiSettings, ChargingSettings
+from tollgate_core.settings import ApiSettings, BillingSettings, ChargingSettings
 from tollgate_core.store.db import create_pool
 from tollgate_core.store.migrate import migrate
 
@@ -29,12 +32,22 @@ TENANT_POLL_S = 2.0
 
 
 class LocalRuntime:
-    """Stands in for Deployments: one charging task per tenant, started as tenants appear."""
+    """Stands in for Deployments: a charging and a billing engine per tenant, started as
+    tenants appear and restarted if they die."""
 
     def __init__(self, state: LocalState, stop: asyncio.Event) -> None:
         self.state = state
         self.stop = stop
-        self.engines: dict[str, asyncio.Task[None]] = {}
+        self.engines: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    def _engine(self, kind: str, tenant: str) -> Coroutine[Any, Any, None]:
+        # the API of this process serves the shared registry on its /metrics
+        if kind == "charging":
+            return run_charging(ChargingSettings(
+                tenant=tenant, database_url=self.state.app_dsn, nats_url=self.state.nats_url,
+                metrics_port=None), self.stop)
+        return run_billing(BillingSettings(tenant, self.state.app_dsn, self.state.nats_url,
+                                           metrics_port=None), self.stop)
 
     async def tenants(self) -> list[str]:
         conn = await asyncpg.connect(self.state.owner_dsn)
@@ -46,14 +59,14 @@ class LocalRuntime:
     async def supervise(self) -> None:
         while not self.stop.is_set():
             for tenant in await self.tenants():
-                task = self.engines.get(tenant)
-                if task is None or task.done():
-                    if task is not None and task.exception() is not None:
-                        log.error("charging engine died; restarting", tenant=tenant,
-                                  error=repr(task.exception()))
-                    settings = ChargingSettings(tenant=tenant, database_url=self.state.app_dsn,
-                                                nats_url=self.state.nats_url)
-                    self.engines[tenant] = asyncio.create_task(run_charging(settings, self.stop))
+                for kind in ("charging", "billing"):
+                    task = self.engines.get((tenant, kind))
+                    if task is None or task.done():
+                        if task is not None and task.exception() is not None:
+                            log.error("engine died; restarting", tenant=tenant, engine=kind,
+                                      error=repr(task.exception()))
+                        self.engines[(tenant, kind)] = asyncio.create_task(
+                            self._engine(kind, tenant))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), TENANT_POLL_S)
         await asyncio.gather(*self.engines.values(), return_exceptions=True)
@@ -108,6 +121,8 @@ async def run_dev(home: Path, examples: Path, pg_port: int, nats_port: int, api_
             await pool.close()
         for error in report.errors:
             console.print(f"[red]invalid:[/red] {error}")
+        for path in save_partner_keys(home, report.partner_keys):
+            console.print(f"partner API key issued: {path} (send it as 'Authorization: ApiKey …')")
         verifier = TokenVerifier(state.jwt_secret, "tollgate-dev")
         api_settings = ApiSettings(database_url=state.app_dsn, nats_url=state.nats_url,
                                    jwt_secret=state.jwt_secret, port=api_port)

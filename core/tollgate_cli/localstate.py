@@ -58,3 +58,18 @@ def load(home: Path) -> LocalState:
         raise FileNotFoundError(f"{path} not found: start local mode first with `tollgate dev` "
                                 "(or `make run`)")
     return LocalState(**json.loads(path.read_text()))
+
+
+def save_partner_keys(home: Path, keys: dict[str, dict[str, str]]) -> list[Path]:
+    """Write newly issued partner API keys to `<home>/partner-keys/<tenant>-<agreement>`
+    (mode 600): the database keeps only their digests, so this is the one copy."""
+    folder = home / "partner-keys"
+    written = []
+    for tenant, issued in sorted(keys.items()):
+        for agreement, key in sorted(issued.items()):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            path = folder / f"{tenant}-{agreement}"
+            path.write_text(key)
+            path.chmod(0o600)
+            written.append(path)
+    return written

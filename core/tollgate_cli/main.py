@@ -11,6 +11,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tollgate_cli.assurance_cli import assurance_app, audit_app
+from tollgate_cli.billing import billing_app
+from tollgate_cli.settlement import settlement_app
 from tollgate_core.observability import configure_logging
 from tollgate_core.resources.offer import Service
 
@@ -18,6 +21,10 @@ app = typer.Typer(help="Tollgate: cloud-native BSS for telecom operators.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 usage_app = typer.Typer(help="Usage events.", no_args_is_help=True)
 app.add_typer(usage_app, name="usage")
+app.add_typer(billing_app, name="billing")
+app.add_typer(settlement_app, name="settlement")
+app.add_typer(audit_app, name="audit")
+app.add_typer(assurance_app, name="assurance")
 console = Console(stderr=True)
 
 Home = Annotated[Path, typer.Option(help="Local mode data and state folder.")]
@@ -45,7 +52,7 @@ def dev(home: Home = Path(".tollgate"),
 def apply(file: Annotated[Path, typer.Option("-f", "--filename", help="YAML file or folder.")],
           home: Home = Path(".tollgate")) -> None:
     """Validate resources and reconcile them in local mode (like `kubectl apply -f`)."""
-    from tollgate_cli.localstate import load
+    from tollgate_cli.localstate import load, save_partner_keys
     from tollgate_core.local.apply import apply_resources, load_documents
     from tollgate_core.resources import ResourceError
     from tollgate_core.store.db import create_pool
@@ -72,6 +79,8 @@ def apply(file: Annotated[Path, typer.Option("-f", "--filename", help="YAML file
             console.print(f"{resource.kind.lower()}/{resource.metadata.name} applied")
         for tenant, revision in sorted(report.revisions.items()):
             console.print(f"tenant {tenant}: catalog revision {revision}")
+        for path in save_partner_keys(home, report.partner_keys):
+            console.print(f"partner API key issued: {path}")
         for error in report.errors:
             console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         if report.errors:
@@ -133,8 +142,15 @@ def usage_redrive(tenant: Annotated[str, typer.Option()],
 @app.command()
 def charging(tenant: Annotated[str, typer.Option(envvar="TOLLGATE_TENANT")],
              database_url: DatabaseUrl, nats_url: NatsUrl,
-             batch_max: Annotated[int, typer.Option(envvar="TOLLGATE_BATCH_MAX")] = 500) -> None:
-    """Run the charging engine of one tenant until SIGTERM."""
+             batch_max: Annotated[int, typer.Option(envvar="TOLLGATE_BATCH_MAX")] = 500,
+             metrics_port: Annotated[int, typer.Option(
+                 envvar="TOLLGATE_METRICS_PORT",
+                 help="Port of Prometheus /metrics; 0: not served.")] = 9090,
+             metrics_host: Annotated[str, typer.Option(
+                 envvar="TOLLGATE_METRICS_HOST",
+                 help="Address of /metrics.")] = "0.0.0.0",  # noqa: S104  (a pod listens)
+             ) -> None:
+    """Run the charging engine of one tenant until SIGTERM; Prometheus metrics on /metrics."""
     import signal
 
     from tollgate_core.engines.runner import run_charging
@@ -146,7 +162,9 @@ def charging(tenant: Annotated[str, typer.Option(envvar="TOLLGATE_TENANT")],
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await run_charging(ChargingSettings(tenant=tenant, database_url=database_url,
-                                            nats_url=nats_url, batch_max=batch_max), stop)
+                                            nats_url=nats_url, batch_max=batch_max,
+                                            metrics_port=metrics_port or None,
+                                            metrics_host=metrics_host), stop)
 
     asyncio.run(run())
 
@@ -155,7 +173,12 @@ def charging(tenant: Annotated[str, typer.Option(envvar="TOLLGATE_TENANT")],
 def api(database_url: DatabaseUrl, nats_url: NatsUrl,
         jwt_secret: Annotated[str, typer.Option(envvar="TOLLGATE_JWT_SECRET")],
         host: str = "0.0.0.0", port: int = 8080,  # noqa: S104  (a container listens on all)
-        graphiql: Annotated[bool, typer.Option(envvar="TOLLGATE_GRAPHIQL")] = False) -> None:
+        graphiql: Annotated[bool, typer.Option(envvar="TOLLGATE_GRAPHIQL")] = False,
+        rate_limit_per_s: Annotated[float, typer.Option(
+            envvar="TOLLGATE_RATE_LIMIT_PER_S",
+            help="Requests/s per credential (anonymous: per address); 0 = off.")] = 50.0,
+        rate_limit_burst: Annotated[int, typer.Option(
+            envvar="TOLLGATE_RATE_LIMIT_BURST", help="Burst above the rate.")] = 100) -> None:
     """Serve the GraphQL API."""
     import uvicorn
 
@@ -163,7 +186,8 @@ def api(database_url: DatabaseUrl, nats_url: NatsUrl,
     from tollgate_core.settings import ApiSettings
 
     settings = ApiSettings(database_url=database_url, nats_url=nats_url, jwt_secret=jwt_secret,
-                           host=host, port=port, graphiql=graphiql)
+                           host=host, port=port, graphiql=graphiql,
+                           rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
 
 

@@ -19,6 +19,12 @@ class ChargingSettings:
     """Redelivery after this long without ack; must exceed the slowest batch by far."""
     consumer: str = "charging"
     """Durable consumer base name; the tenant is appended (`charging-<tenant>`)."""
+    metrics_port: int | None = 9090
+    """Port of the Prometheus `/metrics` endpoint: the `metrics` port (9090) of the Deployment
+    the operator renders. None: not served (an embedding process serves its own). Engines of
+    one process on the same address share one endpoint."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the `/metrics` endpoint; `tollgate charging` binds all (0.0.0.0) in a pod."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +37,21 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     graphiql: bool = True
+    rate_limit_per_s: float = 50.0
+    """Sustained GraphQL HTTP requests per second per caller (tenant + token subject; an
+    unauthenticated caller by client address), per API process. 0 turns the limit off."""
+    rate_limit_burst: int = 100
+    """Requests a caller may make at once before the sustained rate applies."""
+
+
+@dataclass(frozen=True, slots=True)
+class BillingSettings:
+    tenant: str
+    database_url: str
+    nats_url: str
+    batch: int = 500
+    """Accounts per bill-run transaction."""
+    interval_s: float = 60.0
+    """How often the engine looks for a bill period that ended and runs dunning."""
+    metrics_port: int | None = 9090
+    metrics_host: str = "127.0.0.1"

@@ -20,6 +20,7 @@ from tollgate_core import catalog_service
 from tollgate_core.catalog_service import PublishResult, UnknownTenant
 from tollgate_core.resources import OfferSpec, PartnerAgreementSpec
 from tollgate_core.resources.common import describe_validation_error
+from tollgate_core.store import partner_keys
 from tollgate_core.store.db import Pool
 from tollgate_operator import manifests
 from tollgate_operator.batching import PublishBatcher
@@ -42,6 +43,7 @@ from tollgate_operator.settings import Settings
 SpecT = TypeVar("SpecT", OfferSpec, PartnerAgreementSpec)
 Publish = Callable[[Pool, str, str, SpecT], Awaitable[PublishResult]]
 MAX_ERRORS = 64  # the CRD's limit on status.validationErrors
+KEY_NOT_REGISTERED: tuple[type[BaseException], ...] = (TenantNotReady, *DATABASE_OUTAGES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +173,19 @@ class CatalogController:
         if verdict.valid is Status.TRUE:
             generated = manifests.partner_credentials(meta["name"])
             tenant = str(body["spec"]["tenantRef"]["name"])
-            await ensure_secret(self._kube, Owner.of(body), meta["namespace"], tenant,
-                                "partner-credentials", generated)
-            secret_name = generated.name
+            values = await ensure_secret(self._kube, Owner.of(body), meta["namespace"], tenant,
+                                         "partner-credentials", generated)
+            # The API accepts the key once its digest is in the tenant's database.
+            try:
+                pool = await self._stores.pool_for(meta["namespace"], tenant)
+                await partner_keys.register(pool, tenant, meta["name"],
+                                            values[manifests.API_KEY])
+            except KEY_NOT_REGISTERED as exc:
+                verdict = Verdict(Status.UNKNOWN, Reason.DATABASE_UNREACHABLE,
+                                  f"API key not registered: {type(exc).__name__}: {exc}",
+                                  retry=True)
+            else:
+                secret_name = generated.name
         return partner_outcome(status, generation, verdict, secret_name, self._retry(verdict))
 
     def _retry(self, verdict: Verdict) -> float | None:

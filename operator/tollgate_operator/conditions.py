@@ -52,6 +52,9 @@ class Reason(StrEnum):
     SECRET_KEY_MISSING = "SecretKeyMissing"  # noqa: S105
     CNPG_NOT_INSTALLED = "CNPGNotInstalled"
     CLUSTER_NOT_READY = "ClusterNotReady"
+    CLUSTER_REJECTED = "ClusterRejected"
+    APP_ROLE_PENDING = "AppRolePending"
+    APP_ROLE_FAILED = "AppRoleFailed"
     DATABASE_UNREACHABLE = "DatabaseUnreachable"
     # catalog
     SYNCED = "Synced"

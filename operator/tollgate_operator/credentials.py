@@ -7,6 +7,7 @@ or a database already uses.
 
 from __future__ import annotations
 
+import base64
 import secrets
 
 from tollgate_operator import manifests
@@ -22,20 +23,26 @@ def new_token() -> str:
 
 
 async def ensure_secret(kube: KubeClient, owner: Owner, namespace: str, tenant: str,
-                        component: str, generated: GeneratedSecret) -> None:
-    """Create the Secret with fresh values if it is missing; add only keys it lacks."""
+                        component: str, generated: GeneratedSecret) -> dict[str, str]:
+    """Create the Secret with fresh values if it is missing; add only keys it lacks.
+
+    Returns the values of the generated keys as the Secret now holds them.
+    """
     existing = await kube.get("v1", "Secret", namespace, generated.name)
     if existing is None:
         values = {key: new_token() for key in generated.keys}
         manifest = manifests.secret(owner, namespace, tenant, component, generated, values)
         if await kube.create(manifest) is not None:
-            return
+            return values
         # Someone created it between our read and write: complete theirs instead.
         existing = await kube.get("v1", "Secret", namespace, generated.name)
         if existing is None:
             raise RuntimeError(f"Secret {namespace}/{generated.name} vanished while created")
-    present = set((existing.get("data") or {}).keys())
+    data = existing.get("data") or {}
+    present = {key: base64.b64decode(data[key]).decode() for key in generated.keys
+               if key in data}
     missing = {key: new_token() for key in generated.keys if key not in present}
     if missing:
         await kube.merge_patch("v1", "Secret", namespace, generated.name,
                                {"stringData": missing})
+    return {**present, **missing}

@@ -3,7 +3,9 @@
 A tenant's catalog revisions are stored in the tenant's own database (the one its charging and
 billing engines read), so the operator resolves that database the same way the workloads do:
 `database.mode: external` reads the DSN from the Secret `database.secretRef` (key `dsn`);
-`managed` uses the CloudNativePG Cluster the operator created. Pools are kept per DSN.
+`managed` uses the CloudNativePG Cluster the operator created, once CloudNativePG reports it
+Ready and the application role reconciled (its status fields, as in CloudNativePG's CRD).
+Pools are kept per DSN.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tollgate_core.resources import API_GROUP, API_VERSION, TenantSpec
 from tollgate_core.resources.tenant import DatabaseMode
 from tollgate_core.store.db import Pool, create_pool
 from tollgate_operator import manifests
-from tollgate_operator.conditions import Reason
+from tollgate_operator.conditions import Reason, find
 from tollgate_operator.kube import KubeClient
 from tollgate_operator.manifests import TenantWorkload
 
@@ -51,6 +53,22 @@ def _secret_value(secret: Mapping[str, Any], key: str) -> str | None:
     data = secret.get("data") or {}
     value = data.get(key)
     return None if value is None else base64.b64decode(value).decode()
+
+
+def cluster_progress(cluster: Mapping[str, Any]) -> str:
+    """What CloudNativePG says of a Cluster that is not Ready: phase, instances, condition."""
+    spec, status = cluster.get("spec") or {}, cluster.get("status") or {}
+    if not status:
+        return "CloudNativePG has not reported on it yet (no status): is its operator running?"
+    parts = [str(status.get("phase") or "no phase")]
+    if status.get("phaseReason"):
+        parts[0] += f" ({status['phaseReason']})"
+    parts.append(f"{status.get('readyInstances') or 0}/{spec.get('instances', '?')} "
+                 "instances ready")
+    ready = find(status.get("conditions"), "Ready")
+    if ready is not None and ready.get("message"):
+        parts.append(f"Ready={ready.get('status')}: {ready['message']}")
+    return "; ".join(parts)
 
 
 class CatalogStores:
@@ -96,11 +114,30 @@ class CatalogStores:
                 "operator, or set spec.database.mode: external with a secretRef")
         name = manifests.cnpg_cluster_name(t)
         cluster = await self._kube.get(manifests.CNPG_API_VERSION, "Cluster", t.namespace, name)
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in ((cluster or {}).get("status") or {}).get("conditions") or ())
-        if not ready:
+        if cluster is None:
             raise TenantNotReady(Reason.CLUSTER_NOT_READY,
-                                 f"CloudNativePG Cluster {t.namespace}/{name} is not Ready yet")
+                                 f"CloudNativePG Cluster {t.namespace}/{name} does not exist yet")
+        status = cluster.get("status") or {}
+        # CloudNativePG sets Ready=True (reason ClusterIsReady) exactly in the phase
+        # "Cluster in healthy state"; any other phase is Ready=False.
+        ready = find(status.get("conditions"), "Ready")
+        if ready is None or ready.get("status") != "True":
+            raise TenantNotReady(Reason.CLUSTER_NOT_READY,
+                                 f"CloudNativePG Cluster {t.namespace}/{name} is not ready: "
+                                 f"{cluster_progress(cluster)}")
+        # Managed roles are created by the primary's instance manager after bootstrap, and
+        # reported apart from readiness: the workloads' role must exist before they log in.
+        roles = status.get("managedRolesStatus") or {}
+        refused = (roles.get("cannotReconcile") or {}).get(manifests.APP_ROLE)
+        if refused:
+            raise TenantNotReady(Reason.APP_ROLE_FAILED,
+                                 f"CloudNativePG cannot reconcile role {manifests.APP_ROLE} of "
+                                 f"Cluster {t.namespace}/{name}: {'; '.join(map(str, refused))}")
+        if manifests.APP_ROLE not in ((roles.get("byStatus") or {}).get("reconciled") or ()):
+            raise TenantNotReady(Reason.APP_ROLE_PENDING,
+                                 f"CloudNativePG Cluster {t.namespace}/{name} is ready; waiting "
+                                 f"for it to reconcile role {manifests.APP_ROLE} "
+                                 "(status.managedRolesStatus)")
         role = await self._kube.get("v1", "Secret", t.namespace,
                                     manifests.app_role_secret_name(t))
         password = None if role is None else _secret_value(role, "password")
@@ -108,9 +145,8 @@ class CatalogStores:
             raise TenantNotReady(Reason.SECRET_NOT_FOUND,
                                  f"Secret {t.namespace}/{manifests.app_role_secret_name(t)} "
                                  "holds no password yet")
-        host = f"{name}-rw.{t.namespace}.svc"
-        return (f"postgresql://{manifests.APP_ROLE}:{password}@{host}:5432/"
-                f"{manifests.DATABASE_NAME}")
+        return (f"postgresql://{manifests.APP_ROLE}:{password}@{manifests.cnpg_rw_host(t)}:"
+                f"5432/{manifests.DATABASE_NAME}")
 
     async def pool(self, dsn: str) -> Pool:
         async with self._lock:

@@ -39,6 +39,9 @@ PLURALS: Mapping[str, str] = {
 }
 
 
+TYPED_PATCH_FAILURE = "failed to create typed patch object"
+
+
 class KubeError(Exception):
     """The API server refused a request; `status` is the HTTP status."""
 
@@ -49,7 +52,15 @@ class KubeError(Exception):
 
     @property
     def retryable(self) -> bool:
-        """Outages and throttling, as opposed to a request the server will never accept."""
+        """Outages and throttling, as opposed to a request the server will never accept.
+
+        Server-side apply answers a field the schema does not declare with HTTP 500 ("failed to
+        create typed patch object ... field not declared in schema"), whatever the request's
+        field validation (kube-apiserver 1.35, e.g. a CloudNativePG older than our manifest):
+        no retry changes that.
+        """
+        if self.status == 500 and TYPED_PATCH_FAILURE in self.message:
+            return False
         return self.status in (409, 429) or self.status >= 500
 
 
@@ -177,7 +188,11 @@ class KubeClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def apply(self, manifest: Manifest) -> Manifest:
-        """Server-side apply: create or converge our fields of the object; idempotent."""
+        """Server-side apply: create or converge our fields of the object; idempotent.
+
+        Never prunes silently: a field the object's schema does not declare fails the whole
+        apply (see :attr:`KubeError.retryable`).
+        """
         result: Manifest = await self.request(
             "PATCH", manifest_path(manifest), body=manifest,
             content_type="application/apply-patch+yaml",

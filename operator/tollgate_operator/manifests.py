@@ -42,6 +42,8 @@ DATABASE_NAME = "tollgate"
 CNPG_API_VERSION = "postgresql.cnpg.io/v1"
 CNPG_INSTANCES = 3
 CNPG_STORAGE = "10Gi"
+CNPG_MAX_CLUSTER_NAME = 50
+"""CloudNativePG's admission webhook refuses longer Cluster names (`validateName`)."""
 MIGRATION = "migration"
 """Component label of the schema migration Jobs."""
 API_PORT = 8080
@@ -181,6 +183,17 @@ def cnpg_cluster_name(t: TenantWorkload) -> str:
     return t.child("db")
 
 
+def cnpg_rw_host(t: TenantWorkload) -> str:
+    """CloudNativePG's read-write Service of the Cluster (`<cluster>-rw`): always the primary."""
+    return f"{cnpg_cluster_name(t)}-rw.{t.namespace}.svc"
+
+
+def cnpg_app_secret_name(t: TenantWorkload) -> str:
+    """The Secret CloudNativePG generates for the database owner (`<cluster>-app`) when
+    `bootstrap.initdb.secret` is not set; its key `uri` is a ready DSN to the `-rw` Service."""
+    return f"{cnpg_cluster_name(t)}-app"
+
+
 def workload_name(t: TenantWorkload, component: Component) -> str:
     return t.child(component.value)
 
@@ -206,7 +219,7 @@ def database_env(t: TenantWorkload) -> list[dict[str, Any]]:
         assert database.secret_ref is not None  # the spec model requires it
         return [{"name": "TOLLGATE_DATABASE_URL", "valueFrom": {
             "secretKeyRef": {"name": database.secret_ref, "key": DSN_KEY}}}]
-    host = f"{cnpg_cluster_name(t)}-rw.{t.namespace}.svc"
+    host = cnpg_rw_host(t)
     return [
         {"name": "TOLLGATE_DB_PASSWORD", "valueFrom": {
             "secretKeyRef": {"name": app_role_secret_name(t), "key": "password"}}},
@@ -222,7 +235,7 @@ def migration_env(t: TenantWorkload) -> list[dict[str, Any]]:
     if database.mode is DatabaseMode.EXTERNAL:
         ref = {"name": database.secret_ref, "key": OWNER_DSN_KEY}
     else:  # CloudNativePG's secret of the database owner
-        ref = {"name": f"{cnpg_cluster_name(t)}-app", "key": "uri"}
+        ref = {"name": cnpg_app_secret_name(t), "key": "uri"}
     return [{"name": "TOLLGATE_OWNER_DATABASE_URL", "valueFrom": {"secretKeyRef": ref}}]
 
 
@@ -449,7 +462,14 @@ def network_policies(t: TenantWorkload) -> list[Manifest]:
 
 
 def cnpg_cluster(t: TenantWorkload) -> Manifest:
-    """The tenant's PostgreSQL as a CloudNativePG Cluster (database mode `managed`)."""
+    """The tenant's PostgreSQL as a CloudNativePG Cluster (database mode `managed`).
+
+    Checked against CloudNativePG's own CRD (tests/operator/test_operator_cnpg.py). The
+    database owner `tollgate` runs the migrations with the `<cluster>-app` Secret CloudNativePG
+    generates (no `bootstrap.initdb.secret`); the workloads log in as `tollgate_app`, a managed
+    role whose password is the operator's basic-auth Secret (CloudNativePG wants its `username`
+    to equal the role's name). That role owns nothing and bypasses no row-level security.
+    """
     return {
         "apiVersion": CNPG_API_VERSION, "kind": "Cluster",
         "metadata": _meta(t, cnpg_cluster_name(t), "database"),
@@ -460,6 +480,7 @@ def cnpg_cluster(t: TenantWorkload) -> Manifest:
             "bootstrap": {"initdb": {"database": DATABASE_NAME, "owner": DATABASE_NAME}},
             "managed": {"roles": [{
                 "name": APP_ROLE, "ensure": "present", "login": True,
+                "superuser": False, "bypassrls": False,
                 "passwordSecret": {"name": app_role_secret_name(t)},
             }]},
         },
@@ -470,7 +491,8 @@ def tenant_children(t: TenantWorkload) -> list[Manifest]:
     """Every child the operator server-side applies, in creation order (dependencies first).
 
     Generated Secrets and the CloudNativePG Cluster are handled apart: the first must never be
-    regenerated, the second may not be installed.
+    regenerated, the second may not be installed. The migration Job is applied only once the
+    tenant's database resolves (a Job started earlier would spend its retries on nothing).
     """
     children = [service_account(t), config_map(t), *network_policies(t), migration_job(t)]
     for component in Component:

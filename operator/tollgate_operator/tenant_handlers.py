@@ -1,8 +1,11 @@
 """Kopf registrations for Tenants: thin glue from events to :mod:`tenant_logic`.
 
 Three paths lead to the same idempotent reconcile: change handlers (create, update, resume),
-a resync timer (drift of any child), and a watch of the Tenants' Deployments and Jobs
-(availability, completion and deletion, handled within a second).
+a resync timer (drift of any child), and a watch of the Tenants' Deployments, Jobs and
+CloudNativePG Clusters (availability, completion, database readiness and deletion, handled
+within a second). Kopf watches Clusters only while their CRD is installed; without it, Kopf
+warns (at start, and when CRDs change) that `clusters` is unresolved, and a managed Tenant
+says `CNPGNotInstalled`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from tollgate_operator.settings import FIELD_MANAGER, Settings
 from tollgate_operator.writing import apply_outcome, post_events
 
 TENANTS = (API_GROUP, API_VERSION, "tenants")
-CHILDREN = (("apps", "v1", "deployments"), ("batch", "v1", "jobs"))
+CHILDREN = (("apps", "v1", "deployments"), ("batch", "v1", "jobs"),
+            ("postgresql.cnpg.io", "v1", "clusters"))
 CHILD_LABELS = {"app.kubernetes.io/managed-by": FIELD_MANAGER,
                 "app.kubernetes.io/name": manifests.APP_NAME}
 TENANT_API_VERSION = f"{API_GROUP}/{API_VERSION}"

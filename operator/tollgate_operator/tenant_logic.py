@@ -32,7 +32,7 @@ from tollgate_operator.conditions import (
 )
 from tollgate_operator.credentials import ensure_secret
 from tollgate_operator.databases import DATABASE_OUTAGES, CatalogStores, TenantNotReady
-from tollgate_operator.kube import KubeClient, Manifest
+from tollgate_operator.kube import KubeClient, KubeError, Manifest
 from tollgate_operator.manifests import Component, Owner, TenantWorkload
 from tollgate_operator.outcome import Event, Outcome
 from tollgate_operator.settings import Settings
@@ -40,7 +40,8 @@ from tollgate_operator.settings import Settings
 # Reasons that need a person (or another operator) to act, as opposed to "still starting".
 FAILURES = frozenset({Reason.INVALID_SPEC, Reason.CNPG_NOT_INSTALLED, Reason.SECRET_NOT_FOUND,
                       Reason.SECRET_KEY_MISSING, Reason.MIGRATION_FAILED,
-                      Reason.DATABASE_UNREACHABLE})
+                      Reason.DATABASE_UNREACHABLE, Reason.CLUSTER_REJECTED,
+                      Reason.APP_ROLE_FAILED})
 READINESS = (ConditionType.DATABASE_READY, ConditionType.CHARGING_READY,
              ConditionType.BILLING_READY, ConditionType.API_READY, ConditionType.CATALOG_SYNCED)
 
@@ -140,12 +141,18 @@ class TenantController:
         self._kube = kube
         self._stores = stores
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._finalizing: set[str] = set()
+        """UIDs of Tenants whose finalizer ran: a deletion is never undone."""
 
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
             return Outcome()  # the finalizer's business; never re-create children now
         async with self._locks[(meta["namespace"], meta["name"])]:
+            if meta.get("uid") in self._finalizing:
+                # `body` was read before the deletion (a child's watch, a timer): applying it
+                # now would give back the ownerReferences the finalizer just released.
+                return Outcome()
             return await self._reconcile(body)
 
     async def _reconcile(self, body: Mapping[str, Any]) -> Outcome:
@@ -163,9 +170,9 @@ class TenantController:
             return self._invalid(previous, generation, problems)
 
         t = TenantWorkload(Owner.of(body), meta["namespace"], spec, self._settings.image)
-        applied = await self._apply_children(t)
+        applied, rejected = await self._apply_children(t)
         observed: list[Condition] = []
-        database, dsn = await self._database(t, applied)
+        database, dsn = await self._database(t, rejected)
         observed.append(database)
         catalog, revision, outage = await self._catalog(t, dsn, previous, generation)
         observed.append(catalog)
@@ -198,32 +205,61 @@ class TenantController:
                                                  generation)}
         return Outcome(status, transition_events(previous.get("conditions"), observed))
 
-    async def _apply_children(self, t: TenantWorkload) -> dict[tuple[str, str], Manifest]:
-        """Server-side apply every child; return the server's view of each, by (kind, name)."""
+    async def _apply_children(self, t: TenantWorkload
+                              ) -> tuple[dict[tuple[str, str], Manifest], str | None]:
+        """Server-side apply every child but the migration Job (see :meth:`_database`).
+
+        Returns the server's view of each, by (kind, name), and why the API server refused the
+        CloudNativePG Cluster, if it did.
+        """
         for generated in manifests.generated_secrets(t):
             await ensure_secret(self._kube, t.owner, t.namespace, t.name, "credentials",
                                 generated)
-        children = manifests.tenant_children(t)
+        children = [m for m in manifests.tenant_children(t) if m["kind"] != "Job"]
         # Identity and configuration first, so Pods never start without them.
         first = [m for m in children if m["kind"] in ("ServiceAccount", "ConfigMap")]
         rest = [m for m in children if m not in first]
-        if t.spec.database.mode is DatabaseMode.MANAGED and await self._kube.serves(
-                manifests.CNPG_API_VERSION):
-            rest.append(manifests.cnpg_cluster(t))
+        managed = t.spec.database.mode is DatabaseMode.MANAGED and await self._kube.serves(
+            manifests.CNPG_API_VERSION)
         results = await asyncio.gather(*(self._kube.apply(m) for m in first))
         results += await asyncio.gather(*(self._kube.apply(m) for m in rest))
-        return {(m["kind"], m["metadata"]["name"]): result
-                for m, result in zip([*first, *rest], results, strict=True)}
+        applied = {(m["kind"], m["metadata"]["name"]): result
+                   for m, result in zip([*first, *rest], results, strict=True)}
+        return applied, (await self._apply_cluster(t) if managed else None)
 
-    async def _database(self, t: TenantWorkload, applied: Mapping[tuple[str, str], Manifest]
+    async def _apply_cluster(self, t: TenantWorkload) -> str | None:
+        """Apply the CloudNativePG Cluster, whose schema is CloudNativePG's, not ours.
+
+        Returns the API server's reason when it refuses the Cluster for good (a field the
+        installed CloudNativePG does not know, RBAC, its admission webhook); outages and
+        conflicts raise for a retry.
+        """
+        try:
+            await self._kube.apply(manifests.cnpg_cluster(t))
+        except KubeError as exc:
+            if exc.retryable:
+                raise
+            return (f"the API server refused CloudNativePG Cluster {t.namespace}/"
+                    f"{manifests.cnpg_cluster_name(t)} (HTTP {exc.status}): {exc.message}")
+        return None
+
+    async def _database(self, t: TenantWorkload, rejected: str | None
                         ) -> tuple[Condition, str | None]:
-        """DatabaseReady, and the DSN when the database is usable."""
+        """DatabaseReady, and the DSN when the database is usable.
+
+        The migration Job is applied only once the database resolves: a Job started before a
+        CloudNativePG Cluster is up would spend its retries on a database that is not there
+        and stay Failed (Job templates are immutable, so its name would not change).
+        """
+        if rejected is not None:
+            return Condition(ConditionType.DATABASE_READY, Status.FALSE,
+                             Reason.CLUSTER_REJECTED, rejected), None
         try:
             dsn = await self._stores.resolve(t)
         except TenantNotReady as exc:
             return Condition(ConditionType.DATABASE_READY, Status.FALSE, exc.reason,
                              exc.message), None
-        migration = migration_condition(applied[("Job", manifests.migration_job_name(t))])
+        migration = migration_condition(await self._kube.apply(manifests.migration_job(t)))
         if not migration.is_true:
             return migration, None
         await self._prune_migrations(t)
@@ -268,6 +304,9 @@ class TenantController:
         """
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        # After any reconcile in flight, and before any that read the Tenant earlier.
+        async with self._locks[(namespace, name)]:
+            self._finalizing.add(str(meta["uid"]))
         self._stores.forget(namespace, name)
         try:
             spec = TenantSpec.model_validate(body.get("spec") or {})

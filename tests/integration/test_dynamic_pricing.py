@@ -62,3 +62,39 @@ async def test_congestion_and_zone_multipliers_are_applied_and_recorded(
     assert [(r["amount_micros"], json.loads(r["price_factors"])) for r in rows] == [
         (100_000, {}), (150_000, {"congestion": "high"}),
         (300_000, {"congestion": "high", "zone": "eu"})]
+
+
+async def test_loyalty_tier_multiplier_applies_to_the_customers_usage(
+        pool: Pool, servers: Servers, tenant_name: str) -> None:
+    await install_example_catalog(pool, tenant_name)
+    offer = parse_resource(offer_document(tenant_name, "loyal-data", prices=[{
+        "name": "data", "priceType": "usage",
+        "usage": {"service": "data", "unit": "bytes",
+                  "tiers": [{"from": 0, "unitPrice": "0.01", "per": MIB}]}}],
+        dynamicPricing={"loyalty": [{"tier": "gold", "multiplierPercent": "80"}]}))
+    assert isinstance(offer, Offer)
+    assert (await catalog_service.apply_offer(pool, tenant_name, "loyal-data", offer.spec)).valid
+    lines = {"gold": "491707777771", "none": "491707777772"}
+    for tier, line in lines.items():
+        customer = await customer_service.register_customer(
+            pool, tenant_name, name=tier, email=f"{tier}@example.de", payment_type="postpaid",
+            customer_type="consumer", idempotency_key=f"r-{tier}")
+        await customer_service.place_order(pool, tenant_name, customer_id=customer,
+                                           offer="loyal-data", subscriber=line,
+                                           idempotency_key=f"o-{tier}")
+        if tier == "gold":
+            await customer_service.set_loyalty_tier(pool, tenant_name, customer, "gold")
+    engine = ChargingEngine(ChargingSettings(tenant=tenant_name, database_url=servers.app_dsn,
+                                             nats_url=servers.nats_url), pool, CongestionMap())
+    # 10 MiB at 0.01 EUR/MiB = 100,000 micros; the gold customer pays 80 %: 80,000.
+    events = [Delivered(f"tg.{tenant_name}.usage.data",
+                        usage_payload(tenant_name, line, 10 * MIB)[1]) for line in lines.values()]
+    assert (await engine.process(events)).rated == 2
+    conn = await asyncpg.connect(servers.owner_dsn)
+    try:
+        rows = await conn.fetch("SELECT amount_micros, price_factors FROM rated_usage"
+                                " WHERE tenant_id = $1 ORDER BY amount_micros", tenant_name)
+    finally:
+        await conn.close()
+    assert [(r["amount_micros"], json.loads(r["price_factors"])) for r in rows] == [
+        (80_000, {"loyalty": "gold"}), (100_000, {})]

@@ -547,8 +547,10 @@ def test_operator_may_manage_tenant_workloads_only_in_tenant_namespaces(
     for verb in ("get", "list", "watch"):
         assert not c.can(user, verb, "secrets"), f"{mode}: may {verb} Secrets cluster-wide"
         assert not c.can(user, verb, "secrets", namespace=c.namespace("other"))
-    # Kopf watches the Tenants' Deployments and Jobs: everywhere only when cluster-wide.
-    for group, resource in (("apps", "deployments"), ("batch", "jobs")):
+    # Kopf watches the Tenants' Deployments, Jobs and CloudNativePG Clusters: everywhere only
+    # when cluster-wide.
+    for group, resource in (("apps", "deployments"), ("batch", "jobs"),
+                            ("postgresql.cnpg.io", "clusters")):
         for verb in ("list", "watch"):
             assert c.can(user, verb, resource, group=group) == (mode == "cluster-wide")
         assert not c.can(user, "get", resource, group=group, namespace=c.namespace("other"))

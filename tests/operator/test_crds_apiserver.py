@@ -168,6 +168,12 @@ CEL_CASES: list[tuple[str, Callable[[Document], None], str]] = [
     ("PartnerAgreement", _set("spec.revenueShare", {"model": "tiered"}),
      "revenueShare.tiers is required for model tiered"),
     ("Tenant", _set("spec.currency", "EUX"), "must be an ISO 4217 currency code (e.g. EUR)"),
+    ("Tenant", _set("spec.api.auth", {"issuer": "https://login.example.com"}),
+     "exactly one of api.auth.jwks and api.auth.jwksUri is required"),
+    ("Tenant", _set("spec.api.auth", {"issuer": "https://login.example.com",
+                                      "jwks": '{"keys": [{"kty": "EC"}]}',
+                                      "jwksUri": "https://login.example.com/jwks"}),
+     "exactly one of api.auth.jwks and api.auth.jwksUri is required"),
     ("PartnerAgreement", _set("spec.partner.settlementCurrency", "XYZ"),
      "must be an ISO 4217 currency code (e.g. EUR)"),
 ]
@@ -233,6 +239,8 @@ DUPLICATE_CASES: list[tuple[str, str, list[Document]]] = [
     ("Offer", "spec.prices.1.usage.zones", _twice({"name": "eu", "multiplierPercent": "200"})),
     ("Offer", "spec.dynamicPricing.congestion", _twice(
         {"level": "high", "multiplierPercent": "150"})),
+    ("Offer", "spec.dynamicPricing.loyalty", _twice(
+        {"tier": "gold", "multiplierPercent": "90"})),
 ]
 
 

@@ -26,8 +26,9 @@ from tests.operator.operator_fixtures import (
     patch,
     tenant_document,
 )
+from tollgate_core.domain.care import api_key_digest
 from tollgate_core.resources.offer import LifecycleStatus
-from tollgate_core.store import catalog_repo
+from tollgate_core.store import catalog_repo, partner_keys
 from tollgate_core.store.catalog_repo import StoredRevision
 from tollgate_core.store.db import Pool, tenant_tx
 
@@ -192,6 +193,9 @@ async def test_a_partner_agreement_is_published_with_an_api_key_that_is_kept(
     assert secret is not None
     key = base64.b64decode(secret["data"]["apiKey"]).decode()
     assert len(key) >= 43  # 256 bits, URL-safe base64
+    # The API accepts it: the tenant's database holds its digest (and only that).
+    assert await partner_keys.authenticate(pool, api_key_digest(key)) == partner_keys.KeyOwner(
+        tenant, "streamflix")
     owner = secret["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["uid"]) == ("PartnerAgreement", agreement["metadata"]["uid"])
 

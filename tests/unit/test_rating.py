@@ -166,3 +166,32 @@ def test_band_pieces_cover_the_call_exactly(start_s: int, seconds: int) -> None:
     pieces = band_pieces(start, seconds, (PEAK, EVENING), BERLIN)
     assert sum(units for units, _ in pieces) == seconds
     assert all(units > 0 for units, _ in pieces)
+
+
+# Volume tiers: 2.00 per unit below 100 units a month, 1.00 from the 100th on.
+VOLUME = UsageTariff("api-volume", Service.API, Unit.EVENTS, increment=1, minimum=0, tiers=(
+    Tier(0, 100, 2_000_000, 1), Tier(100, None, 1_000_000, 1)), volume=True)
+
+
+def test_volume_tiers_price_the_whole_event_by_the_tier_it_reaches() -> None:
+    # 90 units paid before; this event's 20 units take the month to 110, in the second tier:
+    # 20 × 1.00 = 20.00 (graduated would be 10 × 2.00 + 10 × 1.00 = 30.00).
+    rating = rate(20, [], VOLUME, already_paid=90)
+    assert rating is not None
+    assert [(c.tier_index, c.units) for c in rating.tier_charges] == [(1, 20)]
+    assert rating.amount_micros == 20_000_000
+    below = rate(9, [], VOLUME, already_paid=90)  # ends at the 99th unit: 9 × 2.00
+    assert below is not None and below.amount_micros == 18_000_000
+
+
+@given(requested=st.integers(1, 400), spendable=st.integers(0, 500_000_000),
+       already=st.integers(0, 150), increment=st.sampled_from([1, 7, 60]))
+def test_an_online_grant_never_costs_more_than_is_spendable_even_with_volume_tiers(
+        requested: int, spendable: int, already: int, increment: int) -> None:
+    """Volume prices are not monotone in units (just below a boundary is dearer), yet the
+    grant's price always fits the spendable money."""
+    from tollgate_core.domain.online import decide_grant, pricer
+
+    grant = decide_grant(requested, [], pricer(VOLUME, already, None), spendable, increment)
+    assert grant.amount_micros <= spendable
+    assert grant.units <= requested

@@ -67,6 +67,7 @@ class UsageTariff:
     tiers: tuple[Tier, ...]
     bands: tuple[Band, ...] = ()
     zones: dict[str, Fraction] = field(default_factory=dict, hash=False)
+    volume: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,18 @@ class RecurringFee:
     amount_micros: int
     period: Period
     prorate: bool
+    in_advance: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DiscountRule:
+    """Off the recurring charges of a bill cycle: a fraction or a fixed amount, for the
+    first `cycles` bill cycles of a subscription (None: for ever)."""
+
+    name: str
+    fraction: Fraction | None
+    fixed_micros: int | None
+    cycles: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +119,8 @@ class CompiledOffer:
     partner: str | None
     thresholds: tuple[ThresholdRule, ...] = ()
     congestion: dict[str, Fraction] = field(default_factory=dict, hash=False)
+    discounts: tuple[DiscountRule, ...] = ()
+    loyalty: dict[str, Fraction] = field(default_factory=dict, hash=False)
 
     def sellable_at(self, when: datetime) -> bool:
         if self.lifecycle is not LifecycleStatus.ACTIVE:
@@ -178,7 +193,8 @@ def compile_offer(name: str, spec: OfferSpec) -> CompiledOffer:
         if price.recurring is not None:
             recurring.append(RecurringFee(price.name, parse_micros(price.recurring.amount),
                                           price.recurring.period,
-                                          price.recurring.proration == "daily"))
+                                          price.recurring.proration == "daily",
+                                          price.recurring.timing == "inAdvance"))
         if price.one_time is not None:
             one_time += parse_micros(price.one_time.amount)
         if price.usage is not None:
@@ -189,7 +205,8 @@ def compile_offer(name: str, spec: OfferSpec) -> CompiledOffer:
                           for b in u.bands)
             zones = {z.name: percent(z.multiplier_percent) for z in u.zones}
             usage[u.service] = UsageTariff(price.name, u.service, u.unit, u.increment,
-                                           u.minimum, tiers, bands, zones)
+                                           u.minimum, tiers, bands, zones,
+                                           u.tier_mode == "volume")
     allowances = tuple(AllowanceRule(a.name, a.service, a.quantity, a.period, a.rollover)
                        for a in spec.allowances)
     return CompiledOffer(
@@ -202,6 +219,11 @@ def compile_offer(name: str, spec: OfferSpec) -> CompiledOffer:
         partner=spec.partner_ref.name if spec.partner_ref else None,
         congestion={c.level.value: percent(c.multiplier_percent)
                     for c in spec.dynamic_pricing.congestion},
+        loyalty={p.tier: percent(p.multiplier_percent) for p in spec.dynamic_pricing.loyalty},
+        discounts=tuple(
+            DiscountRule(d.name, percent(d.percent) if d.percent is not None else None,
+                         parse_micros(d.fixed) if d.fixed is not None else None, d.cycles)
+            for d in spec.discounts),
         thresholds=tuple(
             ThresholdRule(t.allowance, t.percent,
                           parse_micros(t.balance_below) if t.balance_below else None,

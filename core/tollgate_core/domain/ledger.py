@@ -32,6 +32,13 @@ class TransferCode(StrEnum):
     TOP_UP = "topUp"
     RECURRING = "recurring"
     ONE_TIME = "oneTime"
+    PARTNER_SHARE = "partnerShare"  # a partner's revenue share of a rated record
+    PARTNER_MINIMUM = "partnerMinimumGuarantee"  # statement top-up to the minimum guarantee
+    PARTNER_CAP = "partnerCap"  # statement clawback down to the cap
+    INVOICE = "invoice"  # recurring, one-time, discount, tax and rounding legs of a document
+    PAYMENT = "payment"
+    CREDIT_NOTE = "creditNote"
+    NETWORK_API = "networkApi"  # a partner's metered network API call (ADR 0015)
 
 
 def customer_account(customer_id: str) -> str:
@@ -48,6 +55,7 @@ def revenue_account(component: str) -> str:
 
 
 TOP_UP_FUNDING_ACCOUNT = "funding:topups"
+PAYMENT_FUNDING_ACCOUNT = "funding:payments"
 
 
 def transfer_id(cause_id: str, leg: str) -> uuid.UUID:

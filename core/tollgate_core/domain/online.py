@@ -92,6 +92,11 @@ def decide_grant(requested: int, buckets: list[AllowanceBucket],
             high = middle
     if increment > 1:  # grant whole increments only; a partial one would be paid in full
         low -= low % increment
+    # Volume tiers are not monotone (fewer units can fall into a dearer tier): step down
+    # until the grant fits, so a grant never exceeds the spendable money.
+    while low > 0 and price(low) > spendable_micros:
+        low -= increment
+    low = max(low, 0)
     return Grant(drawn + low, draws, low, price(low))
 
 

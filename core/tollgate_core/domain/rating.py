@@ -109,11 +109,19 @@ def chargeable(units: int, tariff: UsageTariff) -> int:
 
 
 def price_tiers(tiers: tuple[Tier, ...], already_paid: int, units: int,
-                factor: Fraction = ONE, band: str | None = None) -> tuple[TierCharge, ...]:
-    """Graduated tiers: the units occupy [already_paid, already_paid + units) of the period.
+                factor: Fraction = ONE, band: str | None = None, volume: bool = False
+                ) -> tuple[TierCharge, ...]:
+    """The units occupy [already_paid, already_paid + units) of the period. Graduated: each
+    part is priced by its tier; volume: all of them by the tier of the last unit.
 
     `factor` (band × zone × congestion multipliers) scales the tier prices exactly; each
     piece's sub-micro remainder is rounded half-even."""
+    if volume and units > 0:
+        last = already_paid + units - 1
+        index, tier = next((i, t) for i, t in enumerate(tiers)
+                           if t.end is None or last < t.end)
+        return (TierCharge(index, units, div_round_half_even(
+            units * tier.price_micros * factor.numerator, tier.per * factor.denominator), band),)
     charges = []
     position = already_paid
     end = already_paid + units
@@ -195,7 +203,7 @@ def rate(quantity: int, buckets: list[AllowanceBucket], tariff: UsageTariff | No
     for piece_units, band in pieces:
         band_factor = band.factor if band else ONE
         charges.extend(price_tiers(tariff.tiers, position, piece_units, factor * band_factor,
-                                   band.name if band else None))
+                                   band.name if band else None, tariff.volume))
         position += piece_units
     return Rating(draws, units, tuple(charges), tariff.price_name)
 

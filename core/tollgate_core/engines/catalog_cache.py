@@ -52,6 +52,9 @@ class CatalogCache:
             self._published.append(stored.published_at)
         return len(loaded)
 
+    def all(self) -> dict[int, Catalog]:
+        return dict(self._catalogs)
+
     def at(self, when: datetime) -> tuple[int, Catalog] | None:
         """The latest revision published at or before `when`; the first one for older events."""
         if not self._numbers:

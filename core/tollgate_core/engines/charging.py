@@ -46,6 +46,7 @@ from tollgate_core.observability import (
 )
 from tollgate_core.resources.offer import Period
 from tollgate_core.settings import ChargingSettings
+from tollgate_core.settlement import accruals
 from tollgate_core.store import outbox, rating_repo, thresholds_repo
 from tollgate_core.store.db import Connection, Pool, tenant_tx
 from tollgate_core.store.rating_repo import (
@@ -249,6 +250,8 @@ class ChargingEngine:
         await rating_repo.save_allowances(
             conn, {k: work.allowances[k][1] for k in work.allowance_changed})
         await rating_repo.save_paid_usage(conn, {k: work.paid[k] for k in work.paid_changed})
+        work.transfers += await accruals.accrue(conn, self.tenant, self.catalog.get, [
+            accruals.revenue_of(r, work.offers[r.subscription_id][1].name) for r in work.rated])
         balances = await rating_repo.post_transfers(conn, self.tenant, work.transfers)
         await thresholds_repo.record(conn, self.tenant, self._crossings(work, balances))
         dead = [(key, payloads[key].subject, r.reason.value, r.detail, payloads[key].data)

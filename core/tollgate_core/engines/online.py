@@ -42,6 +42,7 @@ from tollgate_core.engines.congestion import CongestionMap
 from tollgate_core.engines.pricing import at_revision, resolve
 from tollgate_core.resources.offer import SERVICE_UNITS, Service
 from tollgate_core.resources.tenant import FailureHandling
+from tollgate_core.settlement import accruals
 from tollgate_core.store import outbox, rating_repo, reservations_repo
 from tollgate_core.store.db import Connection, Pool, tenant_tx
 from tollgate_core.store.rating_repo import RatedRow
@@ -236,12 +237,15 @@ class OnlineCharging:
                                       overage_account(str(r.customer_id)),
                                       revenue_account("usage"), overage, currency,
                                       TransferCode.USAGE_OVERAGE, cause))
-        balances = await rating_repo.post_transfers(conn, self.tenant, transfers)
-        await rating_repo.insert_rated(conn, self.tenant, [RatedRow(
+        rated = RatedRow(
             r.reservation_id, r.subscription_id, r.customer_id, r.service, used,
             sum(u for _, u in result.draws), result.paid_units, result.amount_micros,
             currency, priced[1].price_name if priced else None, r.catalog_revision, now,
-            r.price_factors)])
+            r.price_factors)
+        transfers += await accruals.accrue(conn, self.tenant, self.catalog.get,
+                                           [accruals.revenue_of(rated, s.offer) for s in subs])
+        balances = await rating_repo.post_transfers(conn, self.tenant, transfers)
+        await rating_repo.insert_rated(conn, self.tenant, [rated])
         await reservations_repo.close(conn, r.reservation_id, "posted", used,
                                       result.amount_micros)
         if account in balances:

@@ -69,6 +69,10 @@ class Pricing:
         if level is not None and level.value in offer.congestion:
             factor *= offer.congestion[level.value]
             applied["congestion"] = level.value
+        tier = priced[0].loyalty_tier
+        if tier is not None and tier in offer.loyalty:
+            factor *= offer.loyalty[tier]
+            applied["loyalty"] = tier
         return factor, applied
 
     def when(self) -> When:

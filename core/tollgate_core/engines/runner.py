@@ -13,7 +13,9 @@ from tollgate_core.domain.events import usage_subject
 from tollgate_core.domain.usage import UsageEvent, usage_envelope
 from tollgate_core.engines.charging import ChargingEngine
 from tollgate_core.engines.congestion import CongestionMap
-from tollgate_core.engines.online import OnlineCharging, OnlinePolicy, serve
+from tollgate_core.engines.metered import MeteredOnlineCharging
+from tollgate_core.engines.online import OnlinePolicy, serve
+from tollgate_core.observability import metrics_endpoint
 from tollgate_core.settings import ChargingSettings
 from tollgate_core.store import catalog_repo
 from tollgate_core.store.db import Pool, create_pool, tenant_tx
@@ -38,7 +40,14 @@ async def _all_set(*events: asyncio.Event) -> None:
 
 async def run_charging(settings: ChargingSettings, stop: asyncio.Event,
                        ready: asyncio.Event | None = None) -> None:
-    """`ready` is set once usage is being consumed and charge requests are answered."""
+    """`ready` is set once usage is being consumed and charge requests are answered; Prometheus
+    `/metrics` is served on `settings.metrics_port` meanwhile."""
+    async with metrics_endpoint(settings.metrics_host, settings.metrics_port):
+        await _run_charging(settings, stop, ready)
+
+
+async def _run_charging(settings: ChargingSettings, stop: asyncio.Event,
+                        ready: asyncio.Event | None) -> None:
     # online group workers + offline batches + outbox relay + expiry sweep
     pool = await create_pool(settings.database_url, min_size=2, max_size=12)
     nc = await connect(settings.nats_url, name=f"charging-{settings.tenant}")
@@ -53,9 +62,9 @@ async def run_charging(settings: ChargingSettings, stop: asyncio.Event,
                              json.dumps(usage_envelope(event, "tollgate-charging")).encode(),
                              headers={"Nats-Msg-Id": event.id})
 
-        online = OnlineCharging(settings.tenant, pool, offline.catalog,
-                                await online_policy(pool, settings.tenant), congestion,
-                                publish_deferred)
+        online = MeteredOnlineCharging(settings.tenant, pool, offline.catalog,
+                                       await online_policy(pool, settings.tenant), congestion,
+                                       publish_deferred)
         offline_ready, online_ready = asyncio.Event(), asyncio.Event()
         tasks = [asyncio.create_task(offline.run(nc, js, stop, offline_ready)),
                  asyncio.create_task(serve(nc, online, stop, online_ready))]

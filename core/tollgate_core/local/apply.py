@@ -11,6 +11,7 @@ import yaml
 
 from tollgate_core import catalog_service
 from tollgate_core.resources import Offer, PartnerAgreement, ResourceError, Tenant, parse_resource
+from tollgate_core.store import partner_keys
 from tollgate_core.store.db import Pool
 
 
@@ -19,6 +20,9 @@ class ApplyReport:
     tenants: list[str] = field(default_factory=list)
     revisions: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    partner_keys: dict[str, dict[str, str]] = field(default_factory=dict)
+    """tenant → agreement → API key, for agreements that got their first key now (shown
+    once: only the key's digest is stored)."""
 
 
 def yaml_files(path: Path) -> list[Path]:
@@ -56,7 +60,9 @@ def load_documents(path: Path) -> list[Tenant | Offer | PartnerAgreement]:
 
 async def apply_resources(pool: Pool, resources: list[Tenant | Offer | PartnerAgreement]
                           ) -> ApplyReport:
-    """Tenants first, then each tenant's offers and agreements as one catalog revision."""
+    """Tenants first, then each tenant's offers and agreements as one catalog revision; a
+    published agreement without an API key gets one (what the operator's Secret is in
+    Kubernetes)."""
     report = ApplyReport()
     offers: dict[str, dict[str, Any]] = defaultdict(dict)
     partners: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -77,5 +83,8 @@ async def apply_resources(pool: Pool, resources: list[Tenant | Offer | PartnerAg
             continue
         if result.valid and result.revision is not None:
             report.revisions[tenant] = result.revision
+            issued = await partner_keys.issue_missing(pool, tenant, partners[tenant])
+            if issued:
+                report.partner_keys[tenant] = issued
         report.errors.extend(result.errors)
     return report

@@ -75,6 +75,11 @@ class Proration(StrEnum):
     DAILY = "daily"
 
 
+class Timing(StrEnum):
+    IN_ADVANCE = "inAdvance"
+    IN_ARREARS = "inArrears"
+
+
 class RecurringPrice(Spec):
     """A fee charged every period."""
 
@@ -84,6 +89,10 @@ class RecurringPrice(Spec):
     proration: Proration = Field(
         default=Proration.DAILY, description="How a partial first or last period is charged."
     )
+    timing: Timing = Field(
+        default=Timing.IN_ADVANCE,
+        description="inAdvance: each invoice charges the next bill cycle (and credits unused "
+        "days after a cancellation); inArrears: each invoice charges the cycle just ended.")
 
 
 class OneTimePrice(Spec):
@@ -165,8 +174,13 @@ class RoamingZone(Spec):
     multiplier_percent: Multiplier = Field(description="Price in this zone, in percent.")
 
 
+class TierMode(StrEnum):
+    GRADUATED = "graduated"
+    VOLUME = "volume"
+
+
 class UsagePrice(Spec):
-    """A price for metered usage of one service, in graduated tiers."""
+    """A price for metered usage of one service, in graduated or volume tiers."""
 
     service: Service = Field(description="Metered service: data, voice, sms, api or slice.")
     unit: Unit = Field(description="Unit of quantities in this price (bytes, seconds, events).")
@@ -177,9 +191,14 @@ class UsagePrice(Spec):
     minimum: int = Field(default=0, ge=0, description="Minimum chargeable quantity per event.")
     tiers: list[Tier] = Field(
         min_length=1, max_length=16,
-        description="Graduated tiers: the first starts at 0, each `from` equals the previous "
-        "`to`, the last may be open-ended.",
+        description="Tiers of the units paid in the month: the first starts at 0, each `from` "
+        "equals the previous `to`, the last may be open-ended.",
     )
+    tier_mode: TierMode = Field(
+        default=TierMode.GRADUATED,
+        description="graduated: each unit is priced by the tier it falls in (an event across a "
+        "boundary is split); volume: an event's units are all priced by the tier the month's "
+        "paid units reach with it (earlier events are not re-priced).")
     bands: Annotated[list[TimeBand], ListMapKeys("name")] = Field(
         default_factory=list, max_length=8,
         description="Time-of-day bands; an event spanning a band boundary is split at it "
@@ -340,13 +359,24 @@ class CongestionPrice(Spec):
     multiplier_percent: Multiplier = Field(description="Price at this load, in percent.")
 
 
+class LoyaltyPrice(Spec):
+    """Customers in loyalty tier `tier` pay this share of the usage price."""
+
+    tier: Name = Field(description="Loyalty tier of the customer, e.g. gold.")
+    multiplier_percent: Multiplier = Field(description="Price for this tier, in percent.")
+
+
 class DynamicPricing(Spec):
-    """Prices that follow the network's state."""
+    """Prices that follow the network's state and the customer's loyalty."""
 
     congestion: Annotated[list[CongestionPrice], ListMapKeys("level")] = Field(
         default_factory=list, max_length=4,
         description="Multipliers by the load level of the event's cell (attribute `cell`); "
         "cells without a report are priced at 100 %.")
+    loyalty: Annotated[list[LoyaltyPrice], ListMapKeys("tier")] = Field(
+        default_factory=list, max_length=8,
+        description="Multipliers by the customer's loyalty tier; customers without a listed "
+        "tier are priced at 100 %.")
 
 
 class OfferSpec(Spec):

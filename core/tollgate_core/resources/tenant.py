@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -38,6 +39,13 @@ class BillingSpec(Spec):
     invoice_prefix: str = Field(
         default="INV", pattern=r"^[A-Z0-9-]{1,12}$", description="Invoice number series prefix."
     )
+    reminder_days: list[Annotated[int, Field(ge=1, le=365)]] = Field(
+        default_factory=lambda: [3, 10], max_length=5,
+        description="Days after the due date on which a payment reminder is sent.")
+    suspend_after_days: int = Field(
+        default=30, ge=1, le=365,
+        description="Days after the due date after which an unpaid account's subscriptions are "
+        "suspended (resumed when paid).")
 
 
 class FailureHandling(StrEnum):
@@ -115,6 +123,77 @@ class LegacySpec(Spec):
     schedule: str | None = Field(default=None, description="Cron schedule of reconciliation.")
 
 
+# JWK members that only a private (or symmetric) key has: they must never sit in a spec.
+_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+JWKS_MAX_CHARS = 65_536
+# https, or plain http to this machine's loopback only (local mode and tests).
+JWKS_URI_PATTERN = r"^(https://[^\s/?#]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?)(/\S*)?$"
+
+
+def check_jwks_document(text: str) -> str:
+    """Refuse what cannot be a public JWK Set (RFC 7517 §5): not JSON, no `keys`, a key
+    without `kty`, or a private or symmetric key. Which keys the API can use (RS256, ES256)
+    is decided when it loads them."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"api.auth.jwks is not JSON: {exc}") from exc
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list) or not keys:
+        raise ValueError('api.auth.jwks must be a JWK Set: {"keys": [...]} with at least one key')
+    for index, key in enumerate(keys):
+        if not isinstance(key, dict) or not isinstance(key.get("kty"), str):
+            raise ValueError(f"api.auth.jwks: keys[{index}] is not a JWK (no `kty`)")
+        private = sorted(_PRIVATE_JWK_MEMBERS & key.keys())
+        if private:
+            raise ValueError(f"api.auth.jwks: keys[{index}] has private or symmetric key "
+                             f"material ({', '.join(private)}); publish public keys only")
+    return text
+
+
+class ApiAuthSpec(Spec):
+    """Who issues the bearer tokens of this tenant (an OIDC provider or any JWT issuer), and
+    the public keys that sign them. Tokens must carry `iss`, `exp`, `sub`, `tenant` (this
+    Tenant's name) and `roles`, signed RS256 or ES256."""
+
+    issuer: str = Field(
+        min_length=1, max_length=512,
+        description="The exact `iss` claim of this tenant's tokens, e.g. "
+        "https://login.example.com/realms/de (an https URL or any string).",
+    )
+    audience: str | None = Field(
+        default=None, min_length=1, max_length=512,
+        description="When set, a token's `aud` claim must name it (e.g. the API's client id).",
+    )
+    jwks: str | None = Field(
+        default=None, min_length=2, max_length=JWKS_MAX_CHARS,
+        description="The issuer's public keys inline, as a JWK Set JSON document "
+        "(air-gapped installs). Exactly one of `jwks` and `jwksUri`.",
+    )
+    jwks_uri: str | None = Field(
+        default=None, max_length=2048, pattern=JWKS_URI_PATTERN,
+        description="HTTPS URL of the issuer's JWK Set (OIDC `jwks_uri`), fetched by the API, "
+        "cached and fetched again when a token names an unknown `kid`. Plain http only to "
+        "127.0.0.1, localhost or [::1]. Exactly one of `jwks` and `jwksUri`.",
+    )
+
+    cel_rules: ClassVar[tuple[Cel, ...]] = (
+        Cel("has(self.jwks) != has(self.jwksUri)",
+            "exactly one of api.auth.jwks and api.auth.jwksUri is required"),
+    )
+
+    @field_validator("jwks")
+    @classmethod
+    def _jwk_set(cls, value: str | None) -> str | None:
+        return None if value is None else check_jwks_document(value)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ApiAuthSpec:
+        if (self.jwks is None) == (self.jwks_uri is None):
+            raise ValueError("exactly one of api.auth.jwks and api.auth.jwksUri is required")
+        return self
+
+
 class ApiSpec(Spec):
     """GraphQL API workload."""
 
@@ -123,7 +202,23 @@ class ApiSpec(Spec):
         default_factory=list, max_length=16,
         description="Host names the API is served on (Ingress or Gateway routes).",
     )
-    auth_issuer: str | None = Field(default=None, description="JWT issuer (OIDC) for customers.")
+    auth: ApiAuthSpec | None = Field(
+        default=None,
+        description="The tenant's token issuer and its keys. Without it only the platform's "
+        "own HS256 tokens (local mode) and partner API keys are accepted.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_auth_issuer(cls, data: object) -> object:
+        """`authIssuer` (never read by anything) became `auth`: specs stored before carry
+        `authIssuer: null`, which is dropped; a value is refused with the way forward."""
+        if isinstance(data, dict) and "authIssuer" in data:
+            if data["authIssuer"] is not None:
+                raise ValueError("api.authIssuer was replaced by api.auth: set api.auth.issuer "
+                                 "and one of api.auth.jwks or api.auth.jwksUri")
+            data = {k: v for k, v in data.items() if k != "authIssuer"}
+        return data
 
 
 class TenantSpec(Spec):

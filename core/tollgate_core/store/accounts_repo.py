@@ -27,6 +27,7 @@ class CustomerRow:
     customer_type: str
     payment_type: str
     created_at: datetime
+    erased_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,13 @@ class SubscriptionRow:
     status: str
     catalog_revision: int
     started_at: datetime
+    ended_at: datetime | None = None
+
+
+CUSTOMER_COLUMNS = ("customer_id, name, email, customer_type, payment_type, created_at,"
+                    " erased_at")
+SUBSCRIPTION_COLUMNS = ("subscription_id, customer_id, offer, subscriber, status,"
+                        " catalog_revision, started_at, ended_at")
 
 
 async def create_customer(conn: Connection, tenant: str, currency: str, name: str, email: str,
@@ -60,8 +68,7 @@ async def create_customer(conn: Connection, tenant: str, currency: str, name: st
 
 async def get_customer(conn: Connection, customer_id: uuid.UUID) -> CustomerRow | None:
     row = await conn.fetchrow(
-        "SELECT customer_id, name, email, customer_type, payment_type, created_at"
-        " FROM customers WHERE customer_id = $1", customer_id)
+        f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id = $1", customer_id)
     return None if row is None else CustomerRow(**dict(row))
 
 
@@ -86,9 +93,8 @@ async def create_subscription(conn: Connection, tenant: str, customer_id: uuid.U
 
 async def list_subscriptions(conn: Connection, customer_id: uuid.UUID) -> list[SubscriptionRow]:
     rows = await conn.fetch(
-        "SELECT subscription_id, customer_id, offer, subscriber, status, catalog_revision,"
-        " started_at FROM subscriptions WHERE customer_id = $1 ORDER BY started_at",
-        customer_id)
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE customer_id = $1"
+        " ORDER BY started_at, subscription_id", customer_id)
     return [SubscriptionRow(**dict(r)) for r in rows]
 
 

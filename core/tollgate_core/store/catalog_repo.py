@@ -7,7 +7,12 @@ from datetime import datetime
 
 from tollgate_core.domain.catalog import CatalogSource
 from tollgate_core.domain.events import DomainEvent
-from tollgate_core.domain.ledger import TOP_UP_FUNDING_ACCOUNT, AccountKind, revenue_account
+from tollgate_core.domain.ledger import (
+    PAYMENT_FUNDING_ACCOUNT,
+    TOP_UP_FUNDING_ACCOUNT,
+    AccountKind,
+    revenue_account,
+)
 from tollgate_core.resources.tenant import TenantSpec
 from tollgate_core.store import outbox
 from tollgate_core.store.db import Connection
@@ -17,6 +22,10 @@ SYSTEM_ACCOUNTS: tuple[tuple[str, AccountKind], ...] = (
     (TOP_UP_FUNDING_ACCOUNT, AccountKind.FUNDING),
     (revenue_account("usage"), AccountKind.REVENUE),
     (revenue_account("recurring"), AccountKind.REVENUE),
+    (revenue_account("oneTime"), AccountKind.REVENUE),
+    (revenue_account("rounding"), AccountKind.REVENUE),
+    (revenue_account("adjustments"), AccountKind.REVENUE),
+    (PAYMENT_FUNDING_ACCOUNT, AccountKind.FUNDING),
     ("tax:payable", AccountKind.TAX_PAYABLE),
     ("promotion:expense", AccountKind.PROMOTION_EXPENSE),
 )

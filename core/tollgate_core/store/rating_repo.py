@@ -28,6 +28,7 @@ class ActiveSubscription:
     subscriber: str
     started_at: datetime
     catalog_revision: int
+    loyalty_tier: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +58,16 @@ async def claim_inbox(conn: Connection, tenant: str, consumer: str,
     return {r["event_id"] for r in rows}
 
 
+_ACTIVE_COLUMNS = ("s.subscription_id, s.customer_id, s.offer, s.subscriber, s.started_at,"
+                   " s.catalog_revision, c.loyalty_tier")
+
+
 async def active_subscriptions(conn: Connection,
                                subscribers: Sequence[str]) -> dict[str, list[ActiveSubscription]]:
     rows = await conn.fetch(
-        "SELECT subscription_id, customer_id, offer, subscriber, started_at, catalog_revision"
-        " FROM subscriptions WHERE subscriber = ANY($1::text[]) AND status = 'active'"
-        " ORDER BY started_at, subscription_id", list(subscribers))
+        f"SELECT {_ACTIVE_COLUMNS} FROM subscriptions s JOIN customers c USING (tenant_id,"
+        " customer_id) WHERE s.subscriber = ANY($1::text[]) AND s.status = 'active'"
+        " ORDER BY s.started_at, s.subscription_id", list(subscribers))
     found: dict[str, list[ActiveSubscription]] = {}
     for r in rows:
         found.setdefault(r["subscriber"], []).append(ActiveSubscription(**dict(r)))
@@ -72,8 +77,8 @@ async def active_subscriptions(conn: Connection,
 async def active_subscriptions_by_id(conn: Connection, subscription_ids: Sequence[uuid.UUID]
                                      ) -> list[ActiveSubscription]:
     rows = await conn.fetch(
-        "SELECT subscription_id, customer_id, offer, subscriber, started_at, catalog_revision"
-        " FROM subscriptions WHERE subscription_id = ANY($1::uuid[])", list(subscription_ids))
+        f"SELECT {_ACTIVE_COLUMNS} FROM subscriptions s JOIN customers c USING (tenant_id,"
+        " customer_id) WHERE s.subscription_id = ANY($1::uuid[])", list(subscription_ids))
     return [ActiveSubscription(**dict(r)) for r in rows]
 
 

@@ -1,0 +1,1 @@
+"""Billing engine: bill runs, payments, credit notes, dunning and documents."""
