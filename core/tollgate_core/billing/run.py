@@ -185,6 +185,9 @@ async def _batch(conn: Connection, ctx: _Context, after: uuid.UUID | None, limit
     if not accounts:
         return [], 0
     ids = [a.customer_id for a in accounts]
+    # a batch aggregates ~100 records per account; let the GROUP BY hash in memory rather
+    # than sort on disk (the default work_mem is 4 MB)
+    await conn.execute("SET LOCAL work_mem = '64MB'")
     # Lock first, read after: rating that touches these accounts either committed before
     # (and is read below) or writes its records later, stamped after `billed_at`.
     states = await rating_repo.lock_balances(conn, [customer_account(str(i)) for i in ids])
