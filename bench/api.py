@@ -9,6 +9,9 @@
 (b) Fan-out: one `evt.balance.updated` NATS event to 1,000 graphql-transport-ws subscribers
     of `balanceChanged`, publish → each subscriber's `next` message, versus a bare
     `websockets` server forwarding the NATS message to 1,000 plain websocket clients.
+
+`API_BENCH=fanout` (or `dashboard`) runs one part only; the other part's figures are carried
+over from bench/RESULTS.md, with the date they were measured.
 """
 
 from __future__ import annotations
@@ -31,7 +34,15 @@ import websockets
 from nats.js.errors import NotFoundError
 from websockets.asyncio.client import ClientConnection
 
-from bench.common import Env, analyze, environment, example_tenant, publish_usage, record
+from bench.common import (
+    RESULTS,
+    Env,
+    analyze,
+    environment,
+    example_tenant,
+    publish_usage,
+    record,
+)
 from tollgate_api.auth import Principal, TokenVerifier
 from tollgate_api.context import Context
 from tollgate_api.live import EventHub
@@ -417,34 +428,46 @@ async def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("tollgate api did not become healthy")
 
 
-async def main() -> None:
-    async with environment() as env:
-        await example_tenant(env.pool, TENANT)
-        people = await customers(env.pool, CUSTOMERS)
-        await publish_usage(env.nc, TENANT, [line for _, line in people],
-                            CUSTOMERS * USAGE_PER_CUSTOMER)
-        await rate_all(env)
-        await analyze(env.owner_dsn)
+PARTS = ("dashboard", "fanout")
+TITLE = "GraphQL API"
 
-        secret = secrets.token_urlsafe(32)
-        port = free_port()
-        api = spawn([str(TOLLGATE), "api", "--host", "127.0.0.1", "--port", str(port)],
-                    {"TOLLGATE_DATABASE_URL": env.app_dsn, "TOLLGATE_NATS_URL": env.nats_url,
-                     "TOLLGATE_JWT_SECRET": secret, "TOLLGATE_LOG_LEVEL": "WARNING"})
-        try:
-            await wait_healthy(port, api)
-            verifier = TokenVerifier(secret, ISSUER)
-            dash = await dashboard(env, port, verifier, people)
-            watched = people[0][0]
-            agents = [verifier.mint(TENANT, f"agent-{n}", ["agent"])
-                      for n in range(SUBSCRIBERS)]
-            ours = await fanout_graphql(env, port, agents, watched)
-            bare = await fanout_baseline(env, watched)
-        finally:
-            api.terminate()
-            api.wait(timeout=30)
 
-    record("GraphQL API", [
+def chosen_parts() -> set[str]:
+    """`API_BENCH=fanout`: only the fan-out (quick: no usage to rate, no HTTP load)."""
+    chosen = {p.strip() for p in os.environ.get("API_BENCH", ",".join(PARTS)).split(",")}
+    unknown = chosen - set(PARTS)
+    if unknown or not chosen:
+        raise SystemExit(f"API_BENCH: choose from {', '.join(PARTS)} (got {sorted(unknown)})")
+    return chosen
+
+
+def recorded_part(letter: str) -> tuple[str, list[str]]:
+    """The date and lines of part `(a)` or `(b)` as bench/RESULTS.md has them now."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    section = text.split(f"\n## {TITLE}\n", 1)[1].split("\n## ", 1)[0] if (
+        f"\n## {TITLE}\n" in text) else ""
+    lines = section.strip().splitlines()
+    stamp = lines[0].split(" · ")[0] if lines else "never"
+    carried = f"({letter}) is carried over from the run of "
+    for line in lines:
+        if carried in line:  # still the figures of an earlier run
+            stamp = line.split(carried, 1)[1].split(".", 1)[0]
+    found: list[str] = []  # from its "(x) " paragraph to the next part's or the end
+    for line in lines:
+        if line.startswith(("(a) ", "(b) ")):
+            if found:
+                break
+            if line.startswith(f"({letter}) "):
+                found.append(line)
+        elif found:
+            found.append(line)
+    while found and not found[-1]:
+        found.pop()
+    return stamp, found or [f"({letter}) not measured yet"]
+
+
+def dashboard_lines(dash: dict[str, Figures]) -> list[str]:
+    return [
         f"(a) Customer dashboard query (profile, balance, allowances, subscriptions, last 20 of "
         f"{USAGE_PER_CUSTOMER} rated usage records; no invoices yet: the schema has none) for "
         f"{CUSTOMERS} customers, each with its own customer token. `tollgate api` runs in its "
@@ -465,11 +488,16 @@ async def main() -> None:
               ("http_1", "Tollgate: POST /graphql, 1 client"),
               ("http_70", "Tollgate: POST /graphql, open loop at 70 % of its maximum")]],
         f"| throughput ratio (goal ≥ 0.5×) | {dash['http'].rate / dash['base'].rate:.2f}× | | |",
-        "",
+    ]
+
+
+def fanout_lines(ours: list[float], bare: list[float]) -> list[str]:
+    return [
         f"(b) Fan-out: {FANOUT_EVENTS} `evt.balance.updated` events published on NATS, one at a "
         f"time, each to {SUBSCRIBERS:,} graphql-transport-ws subscriptions of `balanceChanged` "
         f"for the same customer ({SUBSCRIBERS:,} websockets, each with its own agent credential, "
-        "as back-office dashboards would be); latency "
+        "as back-office dashboards would be: one document, one audience, so they share one "
+        "execution per event, ADR 0009); latency "
         "from publish to each subscriber's `next` message, clients in this process. Baseline: "
         f"a bare `websockets` server forwarding the NATS message to {SUBSCRIBERS:,} plain "
         "websocket clients (no GraphQL, credential or filtering).",
@@ -481,7 +509,54 @@ async def main() -> None:
         f"| Tollgate: NATS → EventHub → graphql-transport-ws | {quantile(ours, 50):.1f} | "
         f"{quantile(ours, 99):.1f} | {max(ours):.1f} |",
         f"| p99 ratio (goal: p99 ≤ 250 ms) | | {quantile(ours, 99) / quantile(bare, 99):.1f}× | |",
-    ])
+    ]
+
+
+async def main() -> None:
+    parts = chosen_parts()
+    async with environment() as env:
+        await example_tenant(env.pool, TENANT)
+        people = await customers(env.pool, CUSTOMERS if "dashboard" in parts else 1)
+        if "dashboard" in parts:
+            await publish_usage(env.nc, TENANT, [line for _, line in people],
+                                CUSTOMERS * USAGE_PER_CUSTOMER)
+            await rate_all(env)
+            await analyze(env.owner_dsn)
+
+        secret = secrets.token_urlsafe(32)
+        port = free_port()
+        api = spawn([str(TOLLGATE), "api", "--host", "127.0.0.1", "--port", str(port)],
+                    {"TOLLGATE_DATABASE_URL": env.app_dsn, "TOLLGATE_NATS_URL": env.nats_url,
+                     "TOLLGATE_JWT_SECRET": secret, "TOLLGATE_LOG_LEVEL": "WARNING"})
+        try:
+            await wait_healthy(port, api)
+            verifier = TokenVerifier(secret, ISSUER)
+            if "dashboard" in parts:
+                dash = await dashboard(env, port, verifier, people)
+            if "fanout" in parts:
+                watched = people[0][0]
+                agents = [verifier.mint(TENANT, f"agent-{n}", ["agent"])
+                          for n in range(SUBSCRIBERS)]
+                ours = await fanout_graphql(env, port, agents, watched)
+                bare = await fanout_baseline(env, watched)
+        finally:
+            api.terminate()
+            api.wait(timeout=30)
+
+    carried = []
+    if "dashboard" in parts:
+        part_a = dashboard_lines(dash)
+    else:
+        stamp, part_a = recorded_part("a")
+        carried.append(f"(a) is carried over from the run of {stamp}.")
+    if "fanout" in parts:
+        part_b = fanout_lines(ours, bare)
+    else:
+        stamp, part_b = recorded_part("b")
+        carried.append(f"(b) is carried over from the run of {stamp}.")
+    note = [f"This run: `API_BENCH={','.join(p for p in PARTS if p in parts)}`; "
+            + " ".join(carried), ""] if carried else []
+    record(TITLE, [*note, *part_a, "", *part_b])
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from tollgate_api.auth import Principal, TokenVerifier, Unauthenticated
 from tollgate_api.context import Context
 from tollgate_api.credentials import API_KEY_HEADER, Credentials
+from tollgate_api.fanout import LiveTransportWS, LiveWebSocketAdapter
 from tollgate_api.http import GraphQLHTTP
 from tollgate_api.live import EventHub
 from tollgate_api.ratelimit import RateLimiter
@@ -33,7 +34,12 @@ from tollgate_core.store.db import Pool, create_pool
 
 class TollgateGraphQL(GraphQL[Context, None]):
     """Strawberry's ASGI view, for websockets (graphql-transport-ws) and the GraphiQL page;
-    GET and POST requests are `GraphQLHTTP`'s. The credential decides the tenant."""
+    GET and POST requests are `GraphQLHTTP`'s. The credential decides the tenant.
+    Subscriptions over graphql-transport-ws share one execution per event among the
+    subscribers whose results cannot differ (`tollgate_api.fanout`)."""
+
+    graphql_transport_ws_handler_class = LiveTransportWS
+    websocket_adapter_class = LiveWebSocketAdapter
 
     def __init__(self, credentials: Credentials, graphiql: bool,
                  clock: Callable[[], datetime] | None = None) -> None:

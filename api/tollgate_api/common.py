@@ -26,6 +26,13 @@ def graphql_error(error: DomainError) -> GraphQLError:
     return GraphQLError(error.message, extensions={"code": error.code, "field": error.field})
 
 
+def is_internal(error: GraphQLError) -> bool:
+    """Errors to mask: everything but errors we raised on purpose (they carry
+    extensions.code)."""
+    deliberate = bool(error.extensions and "code" in error.extensions)
+    return not deliberate and error.original_error is not None
+
+
 def user_error(error: DomainError) -> UserError:
     kinds: dict[type[DomainError], type] = {Invalid: ValidationError, NotFound: NotFoundError,
                                             Conflict: ConflictError, Forbidden: ForbiddenError}

@@ -1,4 +1,4 @@
-"""What one request may ask for: depth, aliases and tokens, as schema extensions whose
+"""What one request may ask for: depth, aliases, tokens and complexity, as schema extensions whose
 validation rules are made once per schema.
 
 strawberry's `QueryDepthLimiter` and `MaxAliasesLimiter` create a new validation-rule class
@@ -20,10 +20,14 @@ from strawberry.extensions import (
     SchemaExtension,
 )
 
+from tollgate_api.complexity import complexity_rule
 
-def limit_extensions(depth_max: int, aliases_max: int, tokens_max: int
+
+def limit_extensions(depth_max: int, aliases_max: int, tokens_max: int,
+                     complexity_max: int = 10_000, default_page: int = 20, max_page: int = 100
                      ) -> list[Callable[[], SchemaExtension]]:
     rules = [*QueryDepthLimiter(max_depth=depth_max).validation_rules,
-             *MaxAliasesLimiter(max_alias_count=aliases_max).validation_rules]
+             *MaxAliasesLimiter(max_alias_count=aliases_max).validation_rules,
+             complexity_rule(complexity_max, default_page, max_page)]
     return [lambda: AddValidationRules(rules),
             lambda: MaxTokensLimiter(max_token_count=tokens_max)]

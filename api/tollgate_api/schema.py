@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import strawberry
-from graphql import GraphQLError
 from strawberry.extensions import (
     DisableIntrospection,
     MaskErrors,
@@ -21,8 +21,10 @@ from strawberry.types import Info
 
 from tollgate_api.assurance import ASSURANCE_DESCRIPTION, Assurance, resolve_assurance
 from tollgate_api.common import (
+    MAX_PAGE,
     cursor,
     graphql_error,
+    is_internal,
     keyset,
     keyset_cursor,
     page_size,
@@ -39,6 +41,7 @@ from tollgate_api.customers import (
     order_from_data,
     order_view,
 )
+from tollgate_api.fanout import operation_sink
 from tollgate_api.invoices import (
     DatePeriod,
     Invoice,
@@ -75,6 +78,8 @@ from tollgate_core.domain.errors import DomainError, Forbidden, Invalid, NotFoun
 from tollgate_core.store import care_repo, catalog_repo, queries
 from tollgate_core.store.db import tenant_tx
 from tollgate_core.store.queries import PageKey
+
+T = TypeVar("T")
 
 
 @strawberry.type
@@ -499,24 +504,36 @@ class LiveUpdates:
     @strawberry.subscription(description="Every change of a customer's balance.")
     async def balance_changed(self, info: Info[Context, None],
                               customer_id: uuid.UUID) -> AsyncGenerator[BalanceChange, None]:
-        async for data in _customer_events(info.context, "balance.updated", customer_id):
-            yield BalanceChange(customer_id=customer_id, cause=str(data.get("cause")),
-                                balance=Money(amount_micros=int(data["balanceMicros"]),
-                                              currency=str(data["currency"])))
+        def change(data: dict[str, Any]) -> BalanceChange:
+            return BalanceChange(customer_id=customer_id, cause=str(data.get("cause")),
+                                 balance=Money(amount_micros=int(data["balanceMicros"]),
+                                               currency=str(data["currency"])))
+
+        async with aclosing(_customer_events(info, "balance.updated", customer_id,
+                                             change)) as events:
+            async for item in events:
+                yield item
 
     @strawberry.subscription(description="Thresholds the customer crosses (upsell hints).")
     async def threshold_crossed(self, info: Info[Context, None], customer_id: uuid.UUID
                                 ) -> AsyncGenerator[ThresholdCrossing, None]:
-        async for data in _customer_events(info.context, "threshold.crossed", customer_id):
-            yield ThresholdCrossing(customer_id=customer_id, threshold=str(data["threshold"]),
-                                    period_start=str(data["periodStart"]),
-                                    upsell_offer=data.get("upsellOffer"))
+        def crossing(data: dict[str, Any]) -> ThresholdCrossing:
+            return ThresholdCrossing(customer_id=customer_id, threshold=str(data["threshold"]),
+                                     period_start=str(data["periodStart"]),
+                                     upsell_offer=data.get("upsellOffer"))
+
+        async with aclosing(_customer_events(info, "threshold.crossed", customer_id,
+                                             crossing)) as events:
+            async for item in events:
+                yield item
 
     @strawberry.subscription(description="A customer's orders as they are placed and change.")
     async def order_updated(self, info: Info[Context, None], customer_id: uuid.UUID
                             ) -> AsyncGenerator[Order, None]:
-        async for data in _customer_events(info.context, "order.updated", customer_id):
-            yield order_from_data(data)
+        async with aclosing(_customer_events(info, "order.updated", customer_id,
+                                             order_from_data)) as events:
+            async for item in events:
+                yield item
 
     @strawberry.subscription(description="Invoices and statements as bill runs issue them: "
                              "one customer's, or (agents and admins, without customerId) "
@@ -524,14 +541,22 @@ class LiveUpdates:
     async def invoice_issued(self, info: Info[Context, None],
                              customer_id: uuid.UUID | None = None
                              ) -> AsyncGenerator[InvoiceIssued, None]:
-        async for data in _customer_events(info.context, "invoice.issued", customer_id):
-            yield _invoice_issued(data)
+        async with aclosing(_customer_events(info, "invoice.issued", customer_id,
+                                             _invoice_issued)) as events:
+            async for item in events:
+                yield item
 
 
-async def _customer_events(ctx: Context, event: str, customer_id: uuid.UUID | None
-                           ) -> AsyncGenerator[dict[str, Any], None]:
-    """The `data` of the caller's tenant's `event`s about one customer they may see; with
-    no customer named, every customer the caller may see (a customer: themself)."""
+async def _customer_events(info: Info[Context, None], event: str,
+                           customer_id: uuid.UUID | None, root: Callable[[dict[str, Any]], T]
+                           ) -> AsyncGenerator[T, None]:
+    """The root values (`root` of each event's `data`) of the caller's tenant's `event`s
+    about one customer they may see; with no customer named, every customer the caller may
+    see (a customer: themself). The caller is authorised here, once.
+
+    Over graphql-transport-ws the operation is adopted by a shared feed instead
+    (`tollgate_api.fanout`): nothing is yielded here, the feed sends the results."""
+    ctx = info.context
     try:
         if customer_id is None:
             scope = ctx.customer_scope()
@@ -541,11 +566,13 @@ async def _customer_events(ctx: Context, event: str, customer_id: uuid.UUID | No
     except Forbidden as exc:
         raise graphql_error(exc) from exc
     wanted = None if scope is None else str(scope)
-    async with ctx.hub.listen(ctx.tenant, event) as queue:
+    sink = operation_sink()
+    if sink is not None:
+        sink.adopt(info, event, wanted, root)
+        return
+    async with ctx.hub.listen(ctx.tenant, event, wanted) as queue:
         while True:
-            data = await queue.get()
-            if wanted is None or data.get("customerId") == wanted:
-                yield data
+            yield root(await queue.get())
 
 
 class RequestScope(SchemaExtension):
@@ -563,16 +590,22 @@ class RequestScope(SchemaExtension):
 DEPTH_MAX = 10
 ALIASES_MAX = 30
 TOKENS_MAX = 2_000
+COMPLEXITY_MAX = 25_000
+"""The customer dashboard (profile, balances, 20 usage records, 3 invoices with lines) costs
+about 1,000, an agent's list of 10 customers with their usage, orders and invoices about
+18,000; 100 customers with 100 usage records each would cost over 100,000."""
+DEFAULT_PAGE = 20
 
 
 def build_schema(introspection: bool = True) -> strawberry.Schema:
     """Limits bound what one request may ask for; parsing and validation are cached."""
     extensions: list[Any] = [
         RequestScope,
-        *limit_extensions(DEPTH_MAX, ALIASES_MAX, TOKENS_MAX),  # before the caches
+        *limit_extensions(DEPTH_MAX, ALIASES_MAX, TOKENS_MAX, COMPLEXITY_MAX,
+                          DEFAULT_PAGE, MAX_PAGE),  # before the caches
         lambda: ParserCache(maxsize=256),
         lambda: ValidationCache(maxsize=256),
-        lambda: MaskErrors(should_mask_error=_is_internal),
+        lambda: MaskErrors(should_mask_error=is_internal),
     ]
     if not introspection:
         extensions.append(DisableIntrospection)
@@ -582,8 +615,3 @@ def build_schema(introspection: bool = True) -> strawberry.Schema:
         config=StrawberryConfig(scalar_map={Long: LONG_SCALAR}),
     )
 
-
-def _is_internal(error: GraphQLError) -> bool:
-    """Mask everything but errors we raised on purpose (they carry extensions.code)."""
-    deliberate = bool(error.extensions and "code" in error.extensions)
-    return not deliberate and error.original_error is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -188,7 +189,13 @@ def api(database_url: DatabaseUrl, nats_url: NatsUrl,
     settings = ApiSettings(database_url=database_url, nats_url=nats_url, jwt_secret=jwt_secret,
                            host=host, port=port, graphiql=graphiql,
                            rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    application = create_app(settings)
+    # What is loaded by now (modules, the schema) lives as long as the process: keep it out of
+    # the cyclic collector's full passes, which stop every live update for as long as they
+    # take to walk the heap (ADR 0009).
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 @app.command("operator")

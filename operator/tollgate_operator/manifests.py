@@ -417,6 +417,7 @@ def config_data(t: TenantWorkload) -> dict[str, str]:
         "TOLLGATE_RESERVATION_VALIDITY_S": str(t.spec.charging.reservation_validity_seconds),
         "TOLLGATE_FAILURE_HANDLING": t.spec.charging.failure_handling.value,
         "TOLLGATE_METRICS_PORT": str(METRICS_PORT),
+        "TOLLGATE_GRAPHIQL": "true" if t.spec.api.introspection else "false",
         "TOLLGATE_LOG_LEVEL": "INFO",
     }
 

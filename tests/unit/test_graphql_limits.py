@@ -21,7 +21,7 @@ def test_every_request_gets_fresh_extensions_with_the_same_rule_classes() -> Non
     assert isinstance(first, AddValidationRules) and isinstance(second, AddValidationRules)
     assert first is not second  # extensions hold per-request state; never shared
     assert first.validation_rules == second.validation_rules
-    assert len(first.validation_rules) == 2
+    assert len(first.validation_rules) == 3  # depth, aliases, complexity
     assert tokens_factory() is not tokens_factory()
 
 

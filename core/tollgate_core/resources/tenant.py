@@ -202,6 +202,10 @@ class ApiSpec(Spec):
         default_factory=list, max_length=16,
         description="Host names the API is served on (Ingress or Gateway routes).",
     )
+    introspection: bool = Field(
+        default=False,
+        description="Serve schema introspection and the GraphiQL page (handy in development; "
+        "off by default in clusters, on in `make run`).")
     auth: ApiAuthSpec | None = Field(
         default=None,
         description="The tenant's token issuer and its keys. Without it only the platform's "
