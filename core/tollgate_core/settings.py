@@ -13,6 +13,9 @@ class ChargingSettings:
     batch_max: int = 500
     """Usage events per batch and per PostgreSQL transaction: larger batches amortise the
     commit, smaller ones cut latency. 500 keeps a batch well under 100 ms."""
+    batches_in_flight: int = 2
+    """Batches rated at once, each in its own transaction, so that PostgreSQL commits one
+    while Python pulls, parses and rates the next; 1 rates one batch after the other."""
     fetch_timeout_s: float = 0.5
     """How long a pull waits for the first message of a batch."""
     ack_wait_s: float = 30.0

@@ -66,14 +66,23 @@ class Rating:
         return sum(c.amount_micros for c in self.tier_charges)
 
 
-def period_start(when: datetime, period: Period, timezone: str) -> date:
-    """Start of the calendar period holding `when`, in the tenant's timezone."""
-    local = when.astimezone(ZoneInfo(timezone)).date()
+def local_date(when: datetime, timezone: str) -> date:
+    """The calendar day holding `when` in the tenant's timezone."""
+    return when.astimezone(ZoneInfo(timezone)).date()
+
+
+def period_start_of(local: date, period: Period) -> date:
+    """Start of the calendar period holding the local day `local`."""
     if period is Period.DAY:
         return local
     if period is Period.WEEK:
         return local - timedelta(days=local.weekday())
     return local.replace(day=1)
+
+
+def period_start(when: datetime, period: Period, timezone: str) -> date:
+    """Start of the calendar period holding `when`, in the tenant's timezone."""
+    return period_start_of(local_date(when, timezone), period)
 
 
 def previous_period_start(start: date, period: Period) -> date:
@@ -85,19 +94,23 @@ def previous_period_start(start: date, period: Period) -> date:
     return (start - timedelta(days=1)).replace(day=1)
 
 
+def draw_units(quantity: int, remaining: list[int]) -> list[int]:
+    """Units taken from each bucket (given by what it has left), in order, until `quantity`
+    is covered or the buckets are empty."""
+    taken = []
+    left = quantity
+    for available in remaining:
+        take = min(left, available) if available > 0 else 0
+        taken.append(take)
+        left -= take
+    return taken
+
+
 def draw_allowances(quantity: int, buckets: list[AllowanceBucket]) -> tuple[AllowanceDraw, ...]:
     """Draw `quantity` from buckets in order until covered or the buckets are empty."""
-    draws = []
-    left = quantity
-    for bucket in buckets:
-        if left == 0:
-            break
-        take = min(left, bucket.remaining)
-        if take:
-            draws.append(AllowanceDraw(bucket.subscription_id, bucket.allowance,
-                                       bucket.period_start, take))
-            left -= take
-    return tuple(draws)
+    taken = draw_units(quantity, [bucket.remaining for bucket in buckets])
+    return tuple(AllowanceDraw(bucket.subscription_id, bucket.allowance, bucket.period_start,
+                               take) for bucket, take in zip(buckets, taken, strict=True) if take)
 
 
 def chargeable(units: int, tariff: UsageTariff) -> int:
@@ -196,6 +209,16 @@ def rate(quantity: int, buckets: list[AllowanceBucket], tariff: UsageTariff | No
         return Rating(draws, 0, (), tariff.price_name if tariff else None)
     if tariff is None:
         return None
+    units, charges = price_paid(tariff, already_paid, drawn, left, when, factor)
+    return Rating(draws, units, charges, tariff.price_name)
+
+
+def price_paid(tariff: UsageTariff, already_paid: int, drawn: int, left: int,
+               when: When | None = None, factor: Fraction = ONE
+               ) -> tuple[int, tuple[TierCharge, ...]]:
+    """Price the `left` units of an event that follow its `drawn` allowance-covered units:
+    (chargeable units, tier charges). The second half of :func:`rate`, for callers that draw
+    allowances for a whole batch before they lock and read the paid-usage counters."""
     units = chargeable(left, tariff)
     pieces = _paid_pieces(tariff, when, drawn, left, units)
     charges: list[TierCharge] = []
@@ -205,7 +228,7 @@ def rate(quantity: int, buckets: list[AllowanceBucket], tariff: UsageTariff | No
         charges.extend(price_tiers(tariff.tiers, position, piece_units, factor * band_factor,
                                    band.name if band else None, tariff.volume))
         position += piece_units
-    return Rating(draws, units, tuple(charges), tariff.price_name)
+    return units, tuple(charges)
 
 
 def _paid_pieces(tariff: UsageTariff, when: When | None, drawn: int, left: int,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
+
+import orjson
 
 from tollgate_core.resources.offer import SERVICE_UNITS, Service, Unit
 
@@ -57,57 +58,96 @@ def _require(data: dict[str, Any], key: str, kind: type, prefix: str = "") -> An
     return value
 
 
+def _refuse(data: dict[str, Any], key: str, kind: type, prefix: str = "") -> NoReturn:
+    """Raise the refusal of a field found missing or of the wrong type."""
+    _require(data, key, kind, prefix)
+    raise AssertionError(f"{prefix}{key} was acceptable after all")
+
+
+_UUID_CHARS = frozenset("0123456789abcdef-")
+
+
+def _canonical_uuid(text: str) -> bool:
+    """Whether `text` is a UUID in canonical form (lower-case hex, hyphens at 8-4-4-4-12);
+    other spellings `uuid.UUID` accepts are checked by it (slower)."""
+    return (len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-"
+            and text.count("-") == 4 and _UUID_CHARS.issuperset(text))
+_SERVICES = {s.value: s for s in Service}
+_UNITS = {u.value: u for u in Unit}
+
+
 def parse_usage_event(raw: bytes, tenant: str) -> UsageEvent:
-    """Decode and validate one usage event envelope; raise UsageRejected with the field and rule."""
+    """Decode and validate one usage event envelope; raise UsageRejected with the field and rule.
+
+    This runs for every event the charging engine rates, so it checks types directly (JSON
+    values are exactly str, int, dict, …) and builds error details only for a refusal. orjson
+    refuses what PostgreSQL could not store either (invalid UTF-8, lone surrogates), so such
+    an event is dead-lettered instead of failing its whole batch."""
+    envelope: Any
     try:
-        envelope = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        envelope = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise UsageRejected(RejectReason.MALFORMED_JSON, str(exc)) from exc
-    if not isinstance(envelope, dict):
+    if type(envelope) is not dict:
         raise UsageRejected(RejectReason.MALFORMED_JSON, "event must be a JSON object")
-    event_id = _require(envelope, "id", str)
-    try:
-        uuid.UUID(event_id)
-    except ValueError as exc:
-        raise UsageRejected(RejectReason.INVALID_EVENT, "id: must be a UUID") from exc
+    event_id: Any = envelope.get("id")
+    if type(event_id) is not str:
+        _refuse(envelope, "id", str)
+    if not _canonical_uuid(event_id):
+        try:
+            uuid.UUID(event_id)
+        except ValueError as exc:
+            raise UsageRejected(RejectReason.INVALID_EVENT, "id: must be a UUID") from exc
     if envelope.get("type") != USAGE_EVENT_TYPE:
         raise UsageRejected(RejectReason.INVALID_EVENT, f"type: must be {USAGE_EVENT_TYPE}")
     if envelope.get("tenant") != tenant:
         raise UsageRejected(RejectReason.WRONG_TENANT,
                             f"tenant: {envelope.get('tenant')!r} is not {tenant!r}")
-    data = _require(envelope, "data", dict)
-    try:
-        service = Service(_require(data, "service", str, "data."))
-    except ValueError as exc:
+    data: Any = envelope.get("data")
+    if type(data) is not dict:
+        _refuse(envelope, "data", dict)
+    text: Any = data.get("service")
+    service = _SERVICES.get(text) if type(text) is str else None
+    if service is None:
+        _require(data, "service", str, "data.")
         raise UsageRejected(RejectReason.INVALID_EVENT,
-                            f"data.service: must be one of {[s.value for s in Service]}") from exc
-    try:
-        unit = Unit(_require(data, "unit", str, "data."))
-    except ValueError as exc:
+                            f"data.service: must be one of {[s.value for s in Service]}")
+    text = data.get("unit")
+    unit = _UNITS.get(text) if type(text) is str else None
+    if unit is None:
+        _require(data, "unit", str, "data.")
         raise UsageRejected(RejectReason.INVALID_EVENT,
-                            f"data.unit: must be one of {[u.value for u in Unit]}") from exc
+                            f"data.unit: must be one of {[u.value for u in Unit]}")
     if SERVICE_UNITS[service] is not unit:
         raise UsageRejected(RejectReason.INVALID_EVENT,
                             f"data.unit: {service} is measured in {SERVICE_UNITS[service]}")
-    quantity = _require(data, "quantity", int, "data.")
+    quantity: Any = data.get("quantity")
+    if type(quantity) is not int:
+        _refuse(data, "quantity", int, "data.")
     if not 0 <= quantity <= QUANTITY_MAX:
         raise UsageRejected(RejectReason.INVALID_EVENT,
                             f"data.quantity: must be between 0 and {QUANTITY_MAX}")
-    subscriber = _require(data, "subscriber", str, "data.")
+    subscriber: Any = data.get("subscriber")
+    if type(subscriber) is not str:
+        _refuse(data, "subscriber", str, "data.")
     if not 1 <= len(subscriber) <= 64:
         raise UsageRejected(RejectReason.INVALID_EVENT, "data.subscriber: 1 to 64 characters")
-    start_text = _require(data, "startTime", str, "data.")
+    if "\x00" in subscriber:  # PostgreSQL text cannot hold it: the batch would fail
+        raise UsageRejected(RejectReason.INVALID_EVENT, "data.subscriber: NUL character")
+    start_text: Any = data.get("startTime")
+    if type(start_text) is not str:
+        _refuse(data, "startTime", str, "data.")
     try:
         start_time = datetime.fromisoformat(start_text)
     except ValueError as exc:
         raise UsageRejected(RejectReason.INVALID_EVENT, "data.startTime: not RFC 3339") from exc
     if start_time.tzinfo is None:
         raise UsageRejected(RejectReason.INVALID_EVENT, "data.startTime: needs a UTC offset")
-    attributes = data.get("attributes") or {}
-    if not isinstance(attributes, dict):
+    attributes: Any = data.get("attributes") or {}
+    if type(attributes) is not dict:
         raise UsageRejected(RejectReason.INVALID_EVENT, "data.attributes: must be an object")
     return UsageEvent(event_id, tenant, subscriber, service, quantity, unit, start_time,
-                      {str(k): str(v) for k, v in attributes.items()})
+                      {str(k): str(v) for k, v in attributes.items()} if attributes else {})
 
 
 def usage_envelope(event: UsageEvent, source: str = "tollgate") -> dict[str, Any]:

@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Protocol
 
+import asyncpg
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from tollgate_core.bus.pull import pull_consumer
 from tollgate_core.domain.catalog import CompiledOffer
 from tollgate_core.domain.events import DomainEvent, dlq_subject
 from tollgate_core.domain.ledger import (
@@ -32,12 +35,13 @@ from tollgate_core.domain.ledger import (
     split_prepaid,
     transfer_id,
 )
-from tollgate_core.domain.rating import AllowanceBucket, period_start, rate
+from tollgate_core.domain.rating import When, draw_units, local_date, period_start, price_paid
+from tollgate_core.domain.settlement import Revenue
 from tollgate_core.domain.thresholds import crossed_allowance, crossed_balance
 from tollgate_core.domain.usage import RejectReason, UsageEvent, UsageRejected, parse_usage_event
 from tollgate_core.engines.catalog_cache import CatalogCache
 from tollgate_core.engines.congestion import CongestionMap
-from tollgate_core.engines.pricing import Pricing, resolve
+from tollgate_core.engines.pricing import PlanCache, ServicePlan, resolve
 from tollgate_core.observability import (
     BATCH_SECONDS,
     EVENTS_DEAD_LETTERED,
@@ -80,14 +84,36 @@ class BatchOutcome:
     balances: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Item:
+    """One event on its way through the phases of a batch."""
+
+    event: UsageEvent
+    plan: ServicePlan
+    subs: list[ActiveSubscription]
+    local: date
+    """the event's day in the tenant's timezone"""
+    buckets: list[tuple[BucketKey, BucketTerms]]
+    drawn: int = 0
+    left: int = 0
+    paid_key: PaidKey | None = None
+    chargeable: int = 0
+    amount: int = 0
+    applied: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class _Work:
     """Mutable state of one batch while it is rated."""
 
-    allowances: dict[BucketKey, tuple[int, int, int]]
-    paid: dict[PaidKey, int]
-    balances: dict[str, AccountState]
+    allowances: dict[BucketKey, tuple[int, int, int]] = field(default_factory=dict)
+    allowances_before: dict[BucketKey, tuple[int, int, int]] = field(default_factory=dict)
+    paid: dict[PaidKey, int] = field(default_factory=dict)
+    balances: dict[str, AccountState] = field(default_factory=dict)
+    balances_before: dict[str, AccountState] = field(default_factory=dict)
     rated: list[RatedRow] = field(default_factory=list)
+    revenue: list[Revenue] = field(default_factory=list)
+    """the rated records partner agreements may share"""
     transfers: list[Transfer] = field(default_factory=list)
     rejects: list[tuple[str, UsageRejected]] = field(default_factory=list)
     allowance_changed: set[BucketKey] = field(default_factory=set)
@@ -95,10 +121,28 @@ class _Work:
     offers: dict[uuid.UUID, tuple[uuid.UUID, CompiledOffer]] = field(default_factory=dict)
     """subscription → (customer, offer) of every subscription rated in the batch"""
     timezone: str = "UTC"
+    notified: int = 0
+    """threshold crossings recorded (their events are in the outbox)"""
 
-    def __post_init__(self) -> None:
-        self.allowances_before = dict(self.allowances)
-        self.balances_before = dict(self.balances)
+
+class _Turn:
+    """Orders the lock phases of the batches one engine has in flight: a batch takes its
+    first lock only once the batch before it holds all of its own. So a line's events are
+    rated in stream order (a later batch waits in PostgreSQL for the earlier one's rows),
+    and a batch never waits for a later one, as the later one waits for nothing before it
+    starts locking."""
+
+    def __init__(self, previous: _Turn | None = None) -> None:
+        self._previous = previous
+        self._locked = asyncio.Event()
+
+    async def wait_previous(self) -> None:
+        if self._previous is not None:
+            await self._previous._locked.wait()
+            self._previous = None  # let it go: turns form a chain as long as the run
+
+    def locked(self) -> None:
+        self._locked.set()
 
 
 def message_key(msg: Message, index: int) -> str:
@@ -110,6 +154,9 @@ def message_key(msg: Message, index: int) -> str:
 class ChargingEngine:
     """Rates usage events of one tenant."""
 
+    RETRIES_MAX = 3
+    """Attempts of a batch whose transaction hit a deadlock or a serialization failure."""
+
     def __init__(self, settings: ChargingSettings, pool: Pool,
                  congestion: CongestionMap | None = None) -> None:
         self.settings = settings
@@ -117,14 +164,19 @@ class ChargingEngine:
         self.tenant = settings.tenant
         self.pool = pool
         self.catalog = CatalogCache(settings.tenant)
+        self.plans = PlanCache()
         self.outbox_wake = asyncio.Event()
 
     @property
     def consumer(self) -> str:
         return f"{self.settings.consumer}-{self.tenant}"
 
-    async def process(self, messages: Sequence[Message]) -> BatchOutcome:
-        """Rate one batch in one transaction. The caller acks the messages after this returns."""
+    async def process(self, messages: Sequence[Message],
+                      turn: _Turn | None = None) -> BatchOutcome:
+        """Rate one batch in one transaction. The caller acks the messages after this returns.
+
+        `turn` orders the locking of batches in flight at the same time (see `run`)."""
+        turn = turn or _Turn()
         started = time.perf_counter()
         parsed: dict[str, UsageEvent | UsageRejected] = {}
         payloads: dict[str, Message] = {}
@@ -137,18 +189,23 @@ class ChargingEngine:
                 key = message_key(msg, index)
                 parsed.setdefault(key, rejected)
             payloads.setdefault(key, msg)
-        outcome = BatchOutcome()
-        async with tenant_tx(self.pool, self.tenant) as conn:
-            await self.catalog.refresh(conn)
-            fresh = await rating_repo.claim_inbox(conn, self.tenant, self.consumer, list(parsed))
-            outcome.duplicates = len(messages) - len(fresh)
-            events = [e for k, e in parsed.items() if k in fresh and isinstance(e, UsageEvent)]
-            rejects = [(k, e) for k, e in parsed.items()
-                       if k in fresh and isinstance(e, UsageRejected)]
-            work = await self._rate(conn, events)
-            work.rejects.extend(rejects)
-            await self._write(conn, work, payloads, outcome)
-        if work.transfers or work.rejects:
+        try:
+            await turn.wait_previous()
+            for attempt in range(1, self.RETRIES_MAX + 1):
+                outcome = BatchOutcome()
+                try:
+                    async with tenant_tx(self.pool, self.tenant) as conn:
+                        work = await self._process(conn, parsed, payloads, len(messages),
+                                                   outcome, turn)
+                    break
+                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                    if attempt == self.RETRIES_MAX:
+                        raise
+                    log.warning("batch rolled back, trying again", tenant=self.tenant,
+                                attempt=attempt)
+        finally:
+            turn.locked()
+        if work.transfers or work.rejects or work.notified:  # outbox rows to relay
             self.outbox_wake.set()
         elapsed = time.perf_counter() - started
         BATCH_SECONDS.labels(self.tenant).observe(elapsed)
@@ -158,75 +215,144 @@ class ChargingEngine:
             EVENTS_DEAD_LETTERED.labels(self.tenant, refusal.reason.value).inc()
         return outcome
 
-    async def _rate(self, conn: Connection, events: list[UsageEvent]) -> _Work:
-        subs_by_subscriber = await rating_repo.active_subscriptions(
-            conn, sorted({e.subscriber for e in events}))
-        pricings: dict[str, Pricing] = {}
-        early_rejects: list[tuple[str, UsageRejected]] = []
-        wanted_allowances: dict[BucketKey, BucketTerms] = {}
-        wanted_paid: list[PaidKey] = []
-        accounts: list[str] = []
-        for event in events:
-            try:
-                pricing = resolve(self.catalog, event.subscriber,
-                                  subs_by_subscriber.get(event.subscriber), event.start_time)
-            except UsageRejected as rejected:
-                early_rejects.append((event.id, rejected))
-                continue
-            pricings[event.id] = pricing
-            wanted_allowances.update(pricing.allowance_keys(event.service))
-            paid_key = pricing.paid_key(event.service)
-            if paid_key is not None:
-                wanted_paid.append(paid_key)
-            accounts.append(customer_account(str(pricing.owner.customer_id)))
-        work = _Work(
-            allowances=await rating_repo.lock_allowances(conn, self.tenant, wanted_allowances),
-            paid=await rating_repo.lock_paid_usage(conn, self.tenant, wanted_paid),
-            balances=await rating_repo.lock_balances(conn, accounts),
-        )
-        work.rejects.extend(early_rejects)
-        for event in events:
-            if event.id in pricings:
-                try:
-                    self._rate_one(event, pricings[event.id], work)
-                except UsageRejected as rejected:
-                    work.rejects.append((event.id, rejected))
+    async def _process(self, conn: Connection, parsed: dict[str, UsageEvent | UsageRejected],
+                       payloads: dict[str, Message], count: int, outcome: BatchOutcome,
+                       turn: _Turn) -> _Work:
+        await self.catalog.refresh(conn)
+        fresh = await rating_repo.claim_inbox(conn, self.tenant, self.consumer, list(parsed))
+        outcome.duplicates = count - len(fresh)
+        events = [e for k, e in parsed.items() if k in fresh and isinstance(e, UsageEvent)]
+        rejects = [(k, e) for k, e in parsed.items()
+                   if k in fresh and isinstance(e, UsageRejected)]
+        work = await self._rate(conn, events, turn)
+        work.rejects.extend(rejects)
+        await self._write(conn, work, payloads, outcome)
         return work
 
-    def _rate_one(self, event: UsageEvent, pricing: Pricing, work: _Work) -> None:
-        for sub, offer in pricing.offers:
-            work.offers[sub.subscription_id] = (sub.customer_id, offer)
-        work.timezone = pricing.catalog.timezone
-        buckets = []
-        for key, _ in pricing.allowance_keys(event.service):
-            quantity, used, reserved = work.allowances[key]
-            buckets.append(AllowanceBucket(key[0], key[1], key[2], quantity, used, reserved))
-        priced = pricing.tariff(event.service)
-        paid_key = pricing.paid_key(event.service)
-        already_paid = work.paid[paid_key] if paid_key else 0
-        factor, applied = pricing.factors(event.service, event.attributes, self.congestion)
-        rating = rate(event.quantity, buckets, priced[1] if priced else None, already_paid,
-                      pricing.when(), factor)
-        if rating is None:
-            raise UsageRejected(RejectReason.NO_PRICE,
-                                f"no usage price for {event.service} beyond the allowances")
-        for draw in rating.draws:
-            key = (draw.subscription_id, draw.allowance, draw.period_start)
-            quantity, used, reserved = work.allowances[key]
-            work.allowances[key] = (quantity, used + draw.units, reserved)
-            work.allowance_changed.add(key)
-        if paid_key is not None and rating.chargeable_units:
-            work.paid[paid_key] = already_paid + rating.chargeable_units
-            work.paid_changed.add(paid_key)
-        owner = pricing.owner_for(event.service)
-        amount = rating.amount_micros
-        work.rated.append(RatedRow(
+    async def _rate(self, conn: Connection, events: list[UsageEvent], turn: _Turn) -> _Work:
+        """Rate in three phases, each after the rows it reads are locked (in the lock order
+        allowances, paid usage, accounts): allowance draws for every event, then the price of
+        what the allowances did not cover, then the split of each charge between balance and
+        receivable. Each phase depends only on the ones before, so this rates exactly as one
+        event after the other would, and a batch that charges nothing locks no counters and
+        no accounts."""
+        work = _Work()
+        if not events:
+            return work
+        subs_by_subscriber = await rating_repo.active_subscriptions(
+            conn, sorted({e.subscriber for e in events}))
+        items: list[_Item] = []
+        wanted: dict[BucketKey, BucketTerms] = {}
+        for event in events:
+            try:
+                item = self._prepare(event, subs_by_subscriber.get(event.subscriber))
+            except UsageRejected as rejected:
+                work.rejects.append((event.id, rejected))
+                continue
+            items.append(item)
+            wanted.update(item.buckets)
+
+        work.allowances = await rating_repo.lock_allowances(conn, self.tenant, wanted)
+        work.allowances_before = dict(work.allowances)
+        rated = self._draw(items, work)
+
+        paid_wanted = [item.paid_key for item in rated if item.paid_key is not None]
+        work.paid = await rating_repo.lock_paid_usage(conn, self.tenant, paid_wanted)
+        accounts = self._price(rated, work)
+
+        work.balances = await rating_repo.lock_balances(conn, accounts)
+        work.balances_before = dict(work.balances)
+        turn.locked()
+        for item in rated:
+            self._book(item, work)
+        return work
+
+    def _prepare(self, event: UsageEvent, subs: list[ActiveSubscription] | None) -> _Item:
+        """The plan pricing the event and the allowance buckets it may draw from."""
+        if not subs:
+            raise UsageRejected(RejectReason.UNKNOWN_SUBSCRIBER,
+                                f"no active subscription for {event.subscriber!r}")
+        found = self.catalog.at(event.start_time)
+        if found is None:
+            raise UsageRejected(RejectReason.NO_VALID_OFFER, "the tenant has no catalog yet")
+        names = tuple(s.offer for s in subs)
+        plan = self.plans.get(found[0], found[1], names, event.service)
+        if plan is None:  # no offer of the line in that revision: the rare rules of resolve()
+            pricing = resolve(self.catalog, event.subscriber, subs, event.start_time)
+            plan = self.plans.get(pricing.revision, pricing.catalog, names, event.service)
+            assert plan is not None, "resolve() found an offer of the line in its revision"
+        local = local_date(event.start_time, plan.catalog.timezone)
+        return _Item(event, plan, subs, local, plan.allowance_keys(subs, local))
+
+    def _draw(self, items: list[_Item], work: _Work) -> list[_Item]:
+        """Draw each event's units from its allowances, in order; return the events that can
+        be rated (the others are refused: units left and no usage price)."""
+        rated = []
+        for item in items:
+            plan, subs = item.plan, item.subs
+            for position, offer in plan.offers:
+                sub = subs[position]
+                work.offers[sub.subscription_id] = (sub.customer_id, offer)
+            work.timezone = plan.catalog.timezone
+            quantity = item.event.quantity
+            states = [work.allowances[key] for key, _ in item.buckets]
+            taken = draw_units(quantity, [q - used - held for q, used, held in states])
+            drawn = sum(taken)
+            left = quantity - drawn
+            if left and plan.tariff is None:
+                work.rejects.append((item.event.id, UsageRejected(
+                    RejectReason.NO_PRICE,
+                    f"no usage price for {item.event.service} beyond the allowances")))
+                continue
+            if drawn:
+                for (key, _), take, (q, used, held) in zip(item.buckets, taken, states,
+                                                          strict=True):
+                    if take:
+                        work.allowances[key] = (q, used + take, held)
+                        work.allowance_changed.add(key)
+            item.drawn, item.left = drawn, left
+            if left:
+                item.paid_key = plan.paid_key(subs, item.local)
+            rated.append(item)
+        return rated
+
+    def _price(self, rated: list[_Item], work: _Work) -> list[str]:
+        """Price what the allowances did not cover, in order; return the accounts to charge."""
+        accounts = []
+        for item in rated:
+            plan, event = item.plan, item.event
+            factor, item.applied = plan.factors(item.subs, event.attributes, self.congestion)
+            if not item.left:
+                continue
+            assert plan.tariff is not None, "_draw refused events with units left and no tariff"
+            assert item.paid_key is not None, "set by _draw for units left"
+            already_paid = work.paid[item.paid_key]
+            units, charges = price_paid(plan.tariff, already_paid, item.drawn, item.left,
+                                        When(event.start_time, plan.catalog.timezone), factor)
+            item.chargeable = units
+            item.amount = sum(c.amount_micros for c in charges)
+            if units:
+                work.paid[item.paid_key] = already_paid + units
+                work.paid_changed.add(item.paid_key)
+            if item.amount:
+                accounts.append(customer_account(str(plan.owner(item.subs).customer_id)))
+        return accounts
+
+    def _book(self, item: _Item, work: _Work) -> None:
+        """The rated record and the ledger transfers of one event."""
+        plan, event = item.plan, item.event
+        owner = plan.owner(item.subs)
+        currency = plan.catalog.currency
+        row = RatedRow(
             uuid.UUID(event.id), owner.subscription_id, owner.customer_id, event.service.value,
-            event.quantity, sum(d.units for d in rating.draws), rating.chargeable_units, amount,
-            pricing.catalog.currency, rating.price_name, pricing.revision, event.start_time,
-            applied))
-        if amount:
-            self._charge(event.id, owner, amount, pricing.catalog.currency, work)
+            event.quantity, item.drawn, item.chargeable, item.amount, currency,
+            plan.tariff.price_name if plan.tariff else None, plan.revision, event.start_time,
+            item.applied)
+        work.rated.append(row)
+        if plan.shared:  # accrue() looks at the records whose offer partners share only
+            work.revenue.append(accruals.revenue_of(row, owner.offer))
+        if item.amount:
+            self._charge(event.id, owner, item.amount, currency, work)
 
     def _charge(self, event_id: str, owner: ActiveSubscription, amount: int, currency: str,
                 work: _Work) -> None:
@@ -250,10 +376,11 @@ class ChargingEngine:
         await rating_repo.save_allowances(
             conn, {k: work.allowances[k][1] for k in work.allowance_changed})
         await rating_repo.save_paid_usage(conn, {k: work.paid[k] for k in work.paid_changed})
-        work.transfers += await accruals.accrue(conn, self.tenant, self.catalog.get, [
-            accruals.revenue_of(r, work.offers[r.subscription_id][1].name) for r in work.rated])
+        work.transfers += await accruals.accrue(conn, self.tenant, self.catalog.get,
+                                                work.revenue)
         balances = await rating_repo.post_transfers(conn, self.tenant, work.transfers)
-        await thresholds_repo.record(conn, self.tenant, self._crossings(work, balances))
+        work.notified = await thresholds_repo.record(conn, self.tenant,
+                                                     self._crossings(work, balances))
         dead = [(key, payloads[key].subject, r.reason.value, r.detail, payloads[key].data)
                 for key, r in work.rejects]
         await rating_repo.insert_dead_letters(conn, self.tenant, dead)
@@ -278,6 +405,8 @@ class ChargingEngine:
         for key in work.allowance_changed:
             subscription_id, allowance, period = key
             customer_id, offer = work.offers[subscription_id]
+            if not offer.thresholds:
+                continue
             quantity, before, _ = work.allowances_before[key]
             after = work.allowances[key][1]
             crossings.extend(
@@ -285,57 +414,67 @@ class ChargingEngine:
                          {"usedUnits": after, "quantity": quantity})
                 for rule in crossed_allowance(offer.thresholds, allowance, quantity, before,
                                               after))
+        changed = {account for account in balances if account in work.balances_before}
+        if not changed:
+            return crossings
         month = period_start(datetime.now(UTC), Period.MONTH, work.timezone)
-        for customer_id, offer in set(work.offers.values()):
+        seen: set[tuple[uuid.UUID, int]] = set()
+        for customer_id, offer in work.offers.values():
             account = customer_account(str(customer_id))
-            if account in balances and account in work.balances_before:
-                crossings.extend(
-                    Crossing(customer_id, customer_id, rule, month,
-                             {"balanceMicros": balances[account]})
-                    for rule in crossed_balance(offer.thresholds,
-                                                work.balances_before[account].balance_micros,
-                                                balances[account]))
+            if account not in changed or (customer_id, id(offer)) in seen:
+                continue
+            seen.add((customer_id, id(offer)))
+            crossings.extend(
+                Crossing(customer_id, customer_id, rule, month,
+                         {"balanceMicros": balances[account]})
+                for rule in crossed_balance(offer.thresholds,
+                                            work.balances_before[account].balance_micros,
+                                            balances[account]))
         return crossings
 
-    async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
-        try:
-            return await subscription.fetch(self.settings.batch_max,
-                                            timeout=self.settings.fetch_timeout_s)
-        except TimeoutError:
-            return []
+    async def _settle(self, nc: Client, messages: list[Msg], turn: _Turn) -> None:
+        """Rate and commit one batch, then ack its messages (never before the commit)."""
+        outcome = await self.process(messages, turn)
+        for msg in messages:
+            await msg.ack()
+        await nc.flush()
+        log.debug("batch rated", tenant=self.tenant, rated=outcome.rated,
+                  dead_lettered=outcome.dead_lettered, duplicates=outcome.duplicates)
 
     async def run(self, nc: Client, js: JetStreamContext, stop: asyncio.Event,
                   ready: asyncio.Event | None = None) -> None:
-        """Pull, rate, commit, ack, until `stop` is set; `ready` is set once consuming."""
-        subscription = await js.pull_subscribe(
-            f"tg.{self.tenant}.usage.>", durable=self.consumer, stream="USAGE",
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
-                                  ack_wait=self.settings.ack_wait_s,
-                                  max_ack_pending=self.settings.batch_max * 20))
+        """Pull, rate, commit, ack, until `stop` is set; `ready` is set once consuming.
+
+        Up to `batches_in_flight` batches are rated at once, each in its own transaction:
+        while PostgreSQL commits one, Python pulls, parses and rates the next. `_Turn` keeps
+        their locking in stream order."""
+        puller = await pull_consumer(nc, js, "USAGE", ConsumerConfig(
+            durable_name=self.consumer, filter_subject=f"tg.{self.tenant}.usage.>",
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=self.settings.ack_wait_s,
+            max_ack_pending=self.settings.batch_max * 20))
         relay = asyncio.create_task(outbox.relay_forever(self.pool, js, self.tenant,
                                                          self.outbox_wake))
         log.info("charging engine started", tenant=self.tenant, consumer=self.consumer)
         if ready is not None:
             ready.set()
-        # Fetch the next batch while this one is rated and committed: the database and
-        # Python then work at the same time instead of taking turns.
-        next_batch = asyncio.create_task(self._fetch(subscription))
+        in_flight: deque[asyncio.Task[None]] = deque()
+        turn: _Turn | None = None
+        depth = max(self.settings.batches_in_flight, 1)
         try:
             while not stop.is_set():
-                messages = await next_batch
-                next_batch = asyncio.create_task(self._fetch(subscription))
-                if not messages:
-                    continue
-                outcome = await self.process(messages)
-                for msg in messages:
-                    await msg.ack()
-                await nc.flush()
-                log.debug("batch rated", tenant=self.tenant, rated=outcome.rated,
-                          dead_lettered=outcome.dead_lettered, duplicates=outcome.duplicates)
+                messages = await puller.fetch(self.settings.batch_max,
+                                              self.settings.fetch_timeout_s)
+                if messages:
+                    turn = _Turn(turn)
+                    in_flight.append(asyncio.create_task(self._settle(nc, messages, turn)))
+                while in_flight and (len(in_flight) >= depth or in_flight[0].done()):
+                    await in_flight.popleft()  # a failed batch fails the engine, as before
+            while in_flight:  # stopping: let the batches in flight commit and ack
+                await in_flight.popleft()
         finally:
-            next_batch.cancel()
-            await asyncio.gather(next_batch, return_exceptions=True)
-            await subscription.unsubscribe()
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            await puller.stop()
             relay.cancel()
             await asyncio.gather(relay, return_exceptions=True)
-
