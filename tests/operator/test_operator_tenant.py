@@ -88,7 +88,11 @@ async def test_tenant_gets_all_children_then_becomes_ready_when_deployments_are_
     print(f"\n[timing] Tenant -> all {len(paths) + 1} children created in {created_s:.2f}s")
     assert created_s <= 5.0  # DESIGN.md performance goal
 
-    await eventually(lambda: ready(cp, ns, tenant_name), "Tenant Ready", 60)
+    try:
+        await eventually(lambda: ready(cp, ns, tenant_name), "Tenant Ready", 60)
+    except AssertionError as exc:  # say which condition held it back (a rare flake in CI)
+        status = (get_resource(cp, "Tenant", ns, tenant_name) or {}).get("status", {})
+        raise AssertionError(f"{exc}; conditions: {status.get('conditions')}") from exc
     print(f"[timing] Tenant -> Ready in {time.monotonic() - started:.2f}s")
     body = get_resource(cp, "Tenant", ns, tenant_name)
     assert body is not None
