@@ -100,6 +100,15 @@ async def place_order(pool: Pool, tenant: str, *, customer_id: uuid.UUID, offer:
     return placed.subscription_id
 
 
+async def _require_unerased_customer(conn: Connection, customer_id: uuid.UUID) -> None:
+    """Refuse an unknown or erased customer (orders and consents need a person)."""
+    customer = await accounts_repo.get_customer(conn, customer_id)
+    if customer is None:
+        raise NotFound("customer does not exist", field="customerId")
+    if customer.erased_at is not None:
+        raise Conflict("the customer was erased", field="customerId")
+
+
 async def order_offer(pool: Pool, tenant: str, *, customer_id: uuid.UUID, offer: str,
                       subscriber: str, idempotency_key: str) -> PlacedOrder:
     """Subscribe a line to an offer; the order is recorded (and `order.updated` emitted)."""
@@ -108,11 +117,7 @@ async def order_offer(pool: Pool, tenant: str, *, customer_id: uuid.UUID, offer:
     async with tenant_tx(pool, tenant) as conn:
 
         async def run() -> dict[str, Any]:
-            customer = await accounts_repo.get_customer(conn, customer_id)
-            if customer is None:
-                raise NotFound("customer does not exist", field="customerId")
-            if customer.erased_at is not None:
-                raise Conflict("the customer was erased", field="customerId")
+            await _require_unerased_customer(conn, customer_id)
             latest = await catalog_repo.latest_revision(conn, tenant)
             now = datetime.now(UTC)
             spec = latest.source.offers.get(offer) if latest else None
@@ -190,11 +195,7 @@ async def update_consent(pool: Pool, tenant: str, *, customer_id: uuid.UUID,
     async with tenant_tx(pool, tenant) as conn:
 
         async def run() -> dict[str, Any]:
-            customer = await accounts_repo.get_customer(conn, customer_id)
-            if customer is None:
-                raise NotFound("customer does not exist", field="customerId")
-            if customer.erased_at is not None:
-                raise Conflict("the customer was erased", field="customerId")
+            await _require_unerased_customer(conn, customer_id)
             rows = await care_repo.record_consents(conn, tenant, customer_id, decisions,
                                                    channel, recorded_by)
             return {"recordIds": [str(r.record_id) for r in rows]}
