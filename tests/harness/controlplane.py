@@ -593,6 +593,11 @@ class ControlPlane:
             "--bind-address=127.0.0.1",
             "--secure-port=0",
             "--controllers=*",
+            # A fake node is never unreachable. Under CI load kwok's heartbeat can come late;
+            # the node lifecycle controller then marks every Pod on the node NotReady and kwok
+            # does not mark them Ready again (kubernetes-sigs/kwok#1464), so Deployments stay
+            # unavailable for good. A long grace period keeps a late heartbeat harmless.
+            "--node-monitor-grace-period=1h",
         )
         self._spawn(
             "kube-scheduler",

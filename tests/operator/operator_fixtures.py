@@ -149,6 +149,45 @@ def condition(document: Document | None, type_: str) -> Document:
     return {}
 
 
+TENANT_CONDITIONS = ("Ready", "DatabaseReady", "ChargingReady", "BillingReady", "ApiReady",
+                     "CatalogSynced")
+
+
+def tenant_ready(cp: ControlPlane, namespace: str, tenant: str,
+                 generation: int | None = None) -> bool:
+    """Every Tenant condition True (and computed from `generation`, when given)."""
+    body = get_resource(cp, "Tenant", namespace, tenant)
+    return all(condition(body, c).get("status") == "True"
+               and (generation is None or condition(body, c).get("observedGeneration")
+                    == generation)
+               for c in TENANT_CONDITIONS)
+
+
+def tenant_diagnosis(cp: ControlPlane, namespace: str, tenant: str) -> str:
+    """What held a Tenant back: its conditions, its Jobs, Deployments and Pods."""
+    body = get_resource(cp, "Tenant", namespace, tenant) or {}
+    lines = [f"Tenant generation {body.get('metadata', {}).get('generation')}: "
+             f"{json.dumps((body.get('status') or {}).get('conditions'))}"]
+    for path, kind in ((f"/apis/batch/v1/namespaces/{namespace}/jobs", "Job"),
+                       (f"/apis/apps/v1/namespaces/{namespace}/deployments", "Deployment"),
+                       (f"/api/v1/namespaces/{namespace}/pods", "Pod")):
+        for item in cp.api("GET", path)["items"]:
+            status = item.get("status") or {}
+            lines.append(f"{kind} {item['metadata']['name']}: phase={status.get('phase')} "
+                         f"conditions={json.dumps(status.get('conditions'))}")
+    return "\n".join(lines)
+
+
+async def await_tenant_ready(cp: ControlPlane, namespace: str, tenant: str,
+                             generation: int | None = None, deadline_s: float = 60) -> None:
+    """Wait for :func:`tenant_ready`; on timeout say what held the Tenant back."""
+    try:
+        await eventually(lambda: tenant_ready(cp, namespace, tenant, generation),
+                         f"Tenant {namespace}/{tenant} Ready", deadline_s)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{tenant_diagnosis(cp, namespace, tenant)}") from exc
+
+
 def events(cp: ControlPlane, namespace: str, name: str) -> list[tuple[str, str, str]]:
     """(type, reason, message) of the Events about object `name`."""
     items = cp.api("GET", f"/api/v1/namespaces/{namespace}/events")["items"]

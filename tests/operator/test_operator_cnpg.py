@@ -447,5 +447,7 @@ async def test_deleting_a_tenant_with_deletion_policy_delete_collects_its_cluste
     # after it started at its next discovery resync (every 30 s), hence the long deadline
     # and this test's place, last.
     await eventually(lambda: get(cp, path) is None, "the Cluster is garbage-collected", 120)
-    assert get(cp, f"/api/v1/namespaces/{ns}/secrets/{tenant_name}-db-app-role") is None
+    # The collector deletes the Secret independently of the Cluster (both are the Tenant's).
+    secret = f"/api/v1/namespaces/{ns}/secrets/{tenant_name}-db-app-role"
+    await eventually(lambda: get(cp, secret) is None, "the app role Secret is collected", 30)
     assert ("Normal", "DatabaseDeleted") in [(k, r) for k, r, _ in events(cp, ns, tenant_name)]

@@ -38,6 +38,7 @@ from tests.harness.controlplane import ControlPlane, cache_root, ensure_helm_kub
 from tests.operator.operator_fixtures import (
     GROUP_PATH,
     OperatorThread,
+    await_tenant_ready,
     condition,
     create,
     create_database_secret,
@@ -62,8 +63,6 @@ PEERING_CRD_NAMES = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 APPLIED_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
                  "ClusterKopfPeering", "KopfPeering")
 CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering")
-TENANT_CONDITIONS = ("Ready", "DatabaseReady", "ChargingReady", "BillingReady", "ApiReady",
-                     "CatalogSynced")
 MODES = ("cluster-wide", "namespaced")
 # A permission problem, however Kopf or the operator words it.
 PERMISSION = re.compile(r"\b403\b|forbidden|not enough permissions", re.IGNORECASE)
@@ -280,11 +279,6 @@ def _children(tenant: str, namespace: str) -> list[str]:
     return paths
 
 
-def _tenant_ready(cp: ControlPlane, namespace: str, tenant: str) -> bool:
-    body = get_resource(cp, "Tenant", namespace, tenant)
-    return all(condition(body, c).get("status") == "True" for c in TENANT_CONDITIONS)
-
-
 def _published(cp: ControlPlane, kind: str, namespace: str, name: str, type_: str) -> int | None:
     body = get_resource(cp, kind, namespace, name)
     if condition(body, type_).get("status") != "True":
@@ -336,7 +330,7 @@ async def test_operator_converges_under_the_charts_service_account_and_rbac(
         paths = _children(tenant_name, ns)
         await eventually(lambda: all(get(cp, p) for p in paths), "all children exist", 30)
         print(f"[timing] {inst.mode}: Tenant -> children in {time.monotonic() - started:.2f}s")
-        await eventually(lambda: _tenant_ready(cp, ns, tenant_name), "Tenant Ready", 60)
+        await await_tenant_ready(cp, ns, tenant_name)
         print(f"[timing] {inst.mode}: Tenant -> Ready in {time.monotonic() - started:.2f}s")
 
         started = time.monotonic()

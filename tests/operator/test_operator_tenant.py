@@ -12,6 +12,7 @@ from tests.conftest import Servers
 from tests.harness.controlplane import ControlPlane
 from tests.operator.operator_fixtures import (
     OperatorThread,
+    await_tenant_ready,
     condition,
     create,
     create_database_secret,
@@ -28,8 +29,6 @@ from tollgate_core.store import catalog_repo
 from tollgate_core.store.db import Pool, tenant_tx
 
 PREFIX = "tgten"
-CONDITIONS = ("Ready", "DatabaseReady", "ChargingReady", "BillingReady", "ApiReady",
-              "CatalogSynced")
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +60,6 @@ def migration_jobs(cp: ControlPlane, tenant: str, namespace: str) -> list[dict[s
     return jobs
 
 
-def ready(cp: ControlPlane, namespace: str, tenant: str, generation: int = 1) -> bool:
-    body = get_resource(cp, "Tenant", namespace, tenant)
-    return all(condition(body, c).get("status") == "True"
-               and condition(body, c).get("observedGeneration") == generation
-               for c in CONDITIONS)
-
 
 @pytest.fixture
 def ns(control_plane: ControlPlane, servers: Servers) -> str:
@@ -88,11 +81,7 @@ async def test_tenant_gets_all_children_then_becomes_ready_when_deployments_are_
     print(f"\n[timing] Tenant -> all {len(paths) + 1} children created in {created_s:.2f}s")
     assert created_s <= 5.0  # DESIGN.md performance goal
 
-    try:
-        await eventually(lambda: ready(cp, ns, tenant_name), "Tenant Ready", 60)
-    except AssertionError as exc:  # say which condition held it back (a rare flake in CI)
-        status = (get_resource(cp, "Tenant", ns, tenant_name) or {}).get("status", {})
-        raise AssertionError(f"{exc}; conditions: {status.get('conditions')}") from exc
+    await await_tenant_ready(cp, ns, tenant_name, generation=1)
     print(f"[timing] Tenant -> Ready in {time.monotonic() - started:.2f}s")
     body = get_resource(cp, "Tenant", ns, tenant_name)
     assert body is not None
@@ -125,15 +114,14 @@ async def test_spec_change_rolls_out_and_is_observed(
         tenant_name: str, pool: Pool) -> None:
     cp = control_plane
     create(cp, tenant_document(tenant_name, ns))
-    await eventually(lambda: ready(cp, ns, tenant_name), "Tenant Ready", 60)
+    await await_tenant_ready(cp, ns, tenant_name, generation=1)
 
     patch(cp, "Tenant", ns, tenant_name,
           {"spec": {"charging": {"replicas": 2}, "billing": {"cycleDay": 5}}})
     path = f"/apis/apps/v1/namespaces/{ns}/deployments/{tenant_name}-charging"
     await eventually(lambda: (get(cp, path) or {}).get("spec", {}).get("replicas") == 2,
                      "charging scaled to 2")
-    await eventually(lambda: ready(cp, ns, tenant_name, generation=2),
-                     "generation 2 Ready", 60)
+    await await_tenant_ready(cp, ns, tenant_name, generation=2)
     async with tenant_tx(pool, tenant_name) as conn:
         spec = await catalog_repo.get_tenant(conn, tenant_name)
     assert spec is not None and spec.billing.cycle_day == 5
@@ -144,7 +132,7 @@ async def test_a_deleted_deployment_comes_back(
         tenant_name: str) -> None:
     cp = control_plane
     create(cp, tenant_document(tenant_name, ns))
-    await eventually(lambda: ready(cp, ns, tenant_name), "Tenant Ready", 60)
+    await await_tenant_ready(cp, ns, tenant_name, generation=1)
     path = f"/apis/apps/v1/namespaces/{ns}/deployments/{tenant_name}-charging"
     before = get(cp, path)
     assert before is not None
@@ -158,7 +146,7 @@ async def test_a_deleted_deployment_comes_back(
 
     await eventually(recreated, "charging Deployment re-created", 30)
     print(f"\n[timing] deleted Deployment re-created in {time.monotonic() - started:.2f}s")
-    await eventually(lambda: ready(cp, ns, tenant_name), "Tenant Ready again", 60)
+    await await_tenant_ready(cp, ns, tenant_name, generation=1)
 
 
 async def test_managed_database_without_cloudnativepg_says_so(
@@ -192,7 +180,7 @@ async def test_deleting_a_tenant_stops_its_workloads_and_retains_its_data(
         tenant_name: str, pool: Pool) -> None:
     cp = control_plane
     create(cp, tenant_document(tenant_name, ns))
-    await eventually(lambda: ready(cp, ns, tenant_name), "Tenant Ready", 60)
+    await await_tenant_ready(cp, ns, tenant_name, generation=1)
     body = get_resource(cp, "Tenant", ns, tenant_name)
     assert body is not None and "bss.tollgate.dev/finalizer" in body["metadata"]["finalizers"]
 
@@ -237,7 +225,7 @@ async def test_migration_jobs_of_earlier_images_are_pruned(
         tenant_name: str) -> None:
     cp = control_plane
     tenant = create(cp, tenant_document(tenant_name, ns))
-    await eventually(lambda: ready(cp, ns, tenant_name), "Tenant Ready", 60)
+    await await_tenant_ready(cp, ns, tenant_name, generation=1)
     current = [j["metadata"]["name"] for j in migration_jobs(cp, tenant_name, ns)]
     stale = f"{tenant_name}-migrate-00000000"
     labels = {"app.kubernetes.io/name": "tollgate", "app.kubernetes.io/instance": tenant_name,
