@@ -3,9 +3,13 @@
 - `Authorization: Bearer <JWT>`: tenant, subject and roles are claims. HS256 tokens of the
   platform's own issuer (local mode, tests), or RS256/ES256 tokens of the issuer the claimed
   tenant declares in its spec (`spec.api.auth`, ADR 0014; keys in `tollgate_api.jwks`).
-- `Authorization: ApiKey <key>`: a partner's API key. Checking it needs the database (only the
-  key's SHA-256 is stored, with its tenant and agreement), so `authenticate` returns an
-  unresolved principal carrying the digest, which `resolve` looks up before execution.
+- `Authorization: ApiKey <key>` (or `X-Api-Key`): a partner's API key. Checking it needs the
+  database (only the key's SHA-256 is stored, with its tenant and agreement), so
+  `TokenVerifier.authenticate` returns an unresolved principal carrying the digest.
+  `tollgate_api.credentials.Credentials` resolves it with `resolve` before anything runs —
+  in the HTTP endpoint before execution, in `connection_init` for a websocket (ADR 0015) —
+  and refuses an unknown or revoked key there (401, or the websocket closed with 4403), so
+  resolvers and the rate limits only ever see resolved principals.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ class Principal:
     subject: str
     roles: frozenset[str]
     api_key_digest: str | None = None
-    """Set (with no tenant and no roles) while an API key awaits its database lookup."""
+    """Set (with no tenant and no roles) while an API key awaits its database lookup in
+    `Credentials.authenticate`."""
 
     @property
     def is_staff(self) -> bool:
@@ -120,7 +125,8 @@ class TokenVerifier:
     - RS256 / ES256 tokens of a tenant's issuer (Tenant `spec.api.auth`, ADR 0014): the
       `tenant` claim names the tenant, whose spec must declare the token's `iss`; the key is
       the one of that issuer's JWK Set with the token's `kid`. Needs `attach(pool)`.
-    - `ApiKey` credentials, resolved against the database later (see `resolve`).
+    - `ApiKey` credentials: returned unresolved; `Credentials.authenticate` looks them up
+      (`resolve`) before the request or connection goes any further.
     """
 
     def __init__(self, secret: str, issuer: str, issuers: TenantIssuers | None = None) -> None:
@@ -165,7 +171,8 @@ class TokenVerifier:
             if not key:
                 raise Unauthenticated("empty API key")
             digest = api_key_digest(key)
-            # The subject tells credentials apart (e.g. for rate limits) without the key.
+            # The subject names the key without the key itself; once resolved the caller is
+            # `partner:<agreement>` (its rate-limit key, ADR 0015).
             return Principal("", f"apikey:{digest[:16]}", frozenset(), digest)
         if not authorization or not authorization.lower().startswith("bearer "):
             raise Unauthenticated("missing bearer token or API key")

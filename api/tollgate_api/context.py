@@ -11,6 +11,7 @@ from typing import Any
 
 from graphql import GraphQLError
 
+from tollgate_api.admission import Connection
 from tollgate_api.auth import Principal
 from tollgate_api.live import EventHub
 from tollgate_api.loaders import Loaders
@@ -28,6 +29,8 @@ class Context:
     connection_params: dict[str, Any] = field(default_factory=dict)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     """The time metered calls are counted at (tests step it instead of sleeping)."""
+    connection: Connection | None = None
+    """A websocket connection's admission state (None over HTTP)."""
 
     @property
     def principal(self) -> Principal:

@@ -39,8 +39,17 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
+    SubscribeMessage,
+)
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ConnectionInitMessage as LegacyConnectionInit,
+)
 from strawberry.types import Info
 
+from tollgate_api.admission import TRY_AGAIN_LATER, WS_REFUSED, ConnectionThrottled
 from tollgate_api.auth import Principal
 from tollgate_api.common import is_internal
 from tollgate_api.context import Context
@@ -189,7 +198,27 @@ def operation_sink() -> OperationSink | None:
 
 
 class LiveTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
-    """strawberry's graphql-transport-ws handler; each operation's task knows its sink."""
+    """strawberry's graphql-transport-ws handler; each operation's task knows its sink.
+    A connection refused by admission is closed with 1013 and the reason; a subscribe
+    beyond the connection's operation limit is an `error` naming the limit."""
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        try:
+            await super().handle_connection_init(message)
+        except ConnectionThrottled as refused:
+            await self.websocket.close(code=TRY_AGAIN_LATER, reason=refused.reason)
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        limit = self.max_subscriptions_per_connection
+        if (self.connection_acknowledged and limit is not None
+                and message["id"] not in self.operations and len(self.operations) >= limit):
+            WS_REFUSED.labels("subscriptionLimit").inc()
+            await self.send_message({"id": message["id"], "type": "error", "payload": [{
+                "message": f"at most {limit} subscriptions at once on one connection: "
+                           "complete one first",
+                "extensions": {"code": "SUBSCRIPTION_LIMIT", "limit": limit}}]})
+            return
+        await super().handle_subscribe(message)
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         sink = OperationSink(self, operation)
@@ -200,3 +229,17 @@ class LiveTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
             _SINK.reset(token)
         if sink.feed is not None:
             await sink.serve()
+
+
+class LegacyWS(BaseGraphQLWSHandler[Context, None]):
+    """strawberry's handler of the legacy graphql-ws protocol (subscriptions-transport-ws),
+    with the same admission: a refused connection gets `connection_error` with the reason,
+    then the close code 1013."""
+
+    async def handle_connection_init(self, message: LegacyConnectionInit) -> None:
+        try:
+            await super().handle_connection_init(message)
+        except ConnectionThrottled as refused:
+            await self.send_message({"type": "connection_error",
+                                     "payload": {"message": refused.reason}})
+            await self.websocket.close(code=TRY_AGAIN_LATER, reason=refused.reason)

@@ -127,6 +127,13 @@ class NetworkApiCall:
     charge: Money
     catalog_revision: int = strawberry.field(description="The revision that priced the call.")
     session_id: uuid.UUID | None
+    call_of_month: int | None = strawberry.field(
+        graphql_type=Long | None, description="The call's number in its calendar month (tenant "
+        "timezone), from 0: it picked the price tier. Null for calls metered before tiers "
+        "existed.")
+    statement_id: uuid.UUID | None = strawberry.field(
+        description="The settlement statement that settled the call's charge; null until "
+        "then.")
 
 
 @strawberry.type
@@ -169,7 +176,8 @@ class NetworkApiUsage:
             cursor=keyset_cursor(r.called_at, r.call_id),
             node=NetworkApiCall(id=r.call_id, api=r.api, operation=r.operation,
                                 called_at=r.called_at, catalog_revision=r.catalog_revision,
-                                session_id=r.session_id,
+                                session_id=r.session_id, call_of_month=r.month_call,
+                                statement_id=r.statement_id,
                                 charge=Money(amount_micros=r.price_micros,
                                              currency=r.currency)))
             for r in rows[:limit]]

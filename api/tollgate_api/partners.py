@@ -10,8 +10,10 @@ from strawberry.types import Info
 
 from tollgate_api.context import Context
 from tollgate_api.network_apis import NetworkApiUsage, agreement_usage
+from tollgate_api.statements import SettlementStatementConnection, statement_connection
 from tollgate_api.types import (
     Money,
+    NetworkApiPriceTier,
     PartnerNetworkApi,
     PartnerSettlement,
     RevenueShare,
@@ -41,6 +43,12 @@ class PartnerAgreement:
                     to: datetime) -> NetworkApiUsage:
         return await agreement_usage(info.context, self.id, from_, to)
 
+    @strawberry.field(description="The agreement's settlement statements, newest issued first: "
+                      "revenue share, network API charges and the net (ADR 0012).")
+    async def statements(self, info: Info[Context, None], first: int = 12,
+                         after: str | None = None) -> SettlementStatementConnection:
+        return await statement_connection(info.context, self.id, first, after)
+
 
 def partner_view(name: str, spec: PartnerAgreementSpec, revision: int,
                  currency: str) -> PartnerAgreement:
@@ -64,8 +72,11 @@ def partner_view(name: str, spec: PartnerAgreementSpec, revision: int,
         settlement=PartnerSettlement(period=spec.settlement.period,
                                      minimum_guarantee=money(spec.settlement.minimum_guarantee),
                                      cap=money(spec.settlement.cap)),
-        network_apis=[PartnerNetworkApi(name=a.name, price_per_call=money(a.price_per_call),
-                                        rate_limit_per_second=a.rate_limit_per_second,
-                                        monthly_quota=a.monthly_quota)
-                      for a in spec.network_apis],
+        network_apis=[PartnerNetworkApi(
+            name=a.name, price_per_call=money(a.price_per_call),
+            tiers=[NetworkApiPriceTier(from_=t.from_, to=t.to, price_per_call=Money(
+                amount_micros=parse_micros(t.price_per_call), currency=currency))
+                for t in a.tiers or []],
+            rate_limit_per_second=a.rate_limit_per_second, monthly_quota=a.monthly_quota)
+            for a in spec.network_apis],
         catalog_revision=revision)

@@ -329,9 +329,27 @@ class PartnerSettlement:
     cap: Money | None
 
 
-@strawberry.type(description="A network API the partner may call, and its price.")
+@strawberry.type(description="A graduated price tier of a network API: the calls of a "
+                 "calendar month (tenant timezone), numbered from 0, in [from, to) cost "
+                 "`pricePerCall` each.")
+class NetworkApiPriceTier:
+    from_: int = strawberry.field(name="from", graphql_type=Long,
+                                  description="First call of the tier (0: the month's first).")
+    to: int | None = strawberry.field(graphql_type=Long | None,
+                                      description="End of the tier (exclusive); null on the "
+                                      "last tier.")
+    price_per_call: Money
+
+
+@strawberry.type(description="A network API the partner may call, and its price: "
+                 "`pricePerCall`, or graduated `tiers` of the month's calls, or neither "
+                 "(free).")
 class PartnerNetworkApi:
     name: str
-    price_per_call: Money | None
+    price_per_call: Money | None = strawberry.field(description="One price for every call "
+                                                    "(null with tiers, or when free).")
+    tiers: list[NetworkApiPriceTier] = strawberry.field(description="Graduated prices by "
+                                                        "the call's number in its month; "
+                                                        "empty with pricePerCall.")
     rate_limit_per_second: int
     monthly_quota: int | None

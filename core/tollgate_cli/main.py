@@ -179,7 +179,13 @@ def api(database_url: DatabaseUrl, nats_url: NatsUrl,
             envvar="TOLLGATE_RATE_LIMIT_PER_S",
             help="Requests/s per credential (anonymous: per address); 0 = off.")] = 50.0,
         rate_limit_burst: Annotated[int, typer.Option(
-            envvar="TOLLGATE_RATE_LIMIT_BURST", help="Burst above the rate.")] = 100) -> None:
+            envvar="TOLLGATE_RATE_LIMIT_BURST", help="Burst above the rate.")] = 100,
+        ws_connections_per_credential: Annotated[int, typer.Option(
+            envvar="TOLLGATE_WS_CONNECTIONS_PER_CREDENTIAL",
+            help="Open websocket connections per credential; 0 = no cap.")] = 16,
+        ws_operations_per_connection: Annotated[int, typer.Option(
+            envvar="TOLLGATE_WS_OPERATIONS_PER_CONNECTION",
+            help="Subscriptions at once on one websocket connection.")] = 100) -> None:
     """Serve the GraphQL API."""
     import uvicorn
 
@@ -188,7 +194,9 @@ def api(database_url: DatabaseUrl, nats_url: NatsUrl,
 
     settings = ApiSettings(database_url=database_url, nats_url=nats_url, jwt_secret=jwt_secret,
                            host=host, port=port, graphiql=graphiql,
-                           rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst)
+                           rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst,
+                           ws_connections_per_credential=ws_connections_per_credential,
+                           ws_operations_per_connection=ws_operations_per_connection)
     application = create_app(settings)
     # What is loaded by now (modules, the schema) lives as long as the process: keep it out of
     # the cyclic collector's full passes, which stop every live update for as long as they

@@ -79,15 +79,22 @@ def statements(
     if as_json:
         typer.echo(json.dumps([r.statement for r in made], indent=2))
     table = Table("agreement", "period", "records", "partner share", "adjustment", "payable",
-                  "statement", title=f"settlement statements of {tenant}, {period}")
+                  "API calls", "API charges", "net", "statement",
+                  title=f"settlement statements of {tenant}, {period}")
     for r in made:
         body: dict[str, Any] = r.statement or {}
         settled = body["settlement"]
+        apis = body.get("networkApis", {})  # version 1 statements have no network API side
         table.add_row(r.agreement, r.period.label, str(body["records"]),
                       _amount(settled["partnerShare"]), _amount(settled["adjustment"])
                       + (f" ({body['ledger']['adjustmentKind']})"
                          if body["ledger"]["adjustmentKind"] else ""),
-                      _amount(settled["payable"]), "made" if r.created else "existing")
+                      _amount(settled["payable"]), str(apis.get("calls", 0)),
+                      _amount(settled.get("networkApiCharges", settled["payable"] | {
+                          "amount": "0"})),
+                      _amount(settled.get("net", settled["payable"]))
+                      + _direction(settled.get("netDirection")),
+                      "made" if r.created else "existing")
     console.print(table)
     errors = [r for r in results if r.error]
     for r in errors:
@@ -124,3 +131,8 @@ def show(tenant: Tenant, period: PeriodOption,
 
 def _amount(money: dict[str, Any]) -> str:
     return f"{money['amount']} {money['currency']}"
+
+
+def _direction(direction: str | None) -> str:
+    return {"operatorPaysPartner": " (to partner)",
+            "partnerPaysOperator": " (from partner)"}.get(direction or "", "")

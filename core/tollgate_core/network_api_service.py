@@ -80,8 +80,9 @@ async def request_quality_on_demand(pool: Pool, tenant: str, agreement: str,
         terms = api_terms(agreement, catalog.spec, api, now)
         assert catalog.spec is not None  # api_terms refused otherwise
         month = month_start(now, catalog.timezone)
-        if await network_api_repo.count_month(conn, tenant, agreement, api, month,
-                                              terms.monthly_quota) is None:
+        month_calls = await network_api_repo.count_month(conn, tenant, agreement, api, month,
+                                                         terms.monthly_quota)
+        if month_calls is None:
             assert terms.monthly_quota is not None
             resets = next_month_start(month, catalog.timezone)
             raise QuotaExceeded(
@@ -91,14 +92,19 @@ async def request_quality_on_demand(pool: Pool, tenant: str, agreement: str,
                                                terms.rate_limit_per_second) is None:
             raise RateLimited(f"more than {terms.rate_limit_per_second} {api} calls per second",
                               terms.rate_limit_per_second, 1)
+        # The meter row stays locked to COMMIT, so the month's calls are numbered without
+        # gaps or repeats across replicas: this call is number `month_calls - 1` (from 0),
+        # which picks its tier (a refused call rolls the counter back with it).
+        number = month_calls - 1
+        price = terms.price_of_call(number)
         await network_api_repo.insert_call(conn, tenant, CallRow(
             call, agreement, api, "requestQualityOnDemand", idempotency_key, digest, now,
-            month, terms.price_micros, catalog.currency, catalog.revision))
+            month, price, catalog.currency, catalog.revision, number))
         session = session_id(call)
         await network_api_repo.insert_qod_session(
             conn, tenant, session, call, agreement, request.msisdn, request.profile.value,
             request.duration_seconds, now)
-        charge = call_charge(call, agreement, terms.price_micros, catalog.currency)
+        charge = call_charge(call, agreement, price, catalog.currency)
         if charge is not None:
             await network_api_repo.ensure_accounts(conn, tenant, agreement, catalog.currency)
             await rating_repo.post_transfers(conn, tenant, [charge])
@@ -106,8 +112,7 @@ async def request_quality_on_demand(pool: Pool, tenant: str, agreement: str,
             session, provision_subject(tenant),
             provision_request(tenant, session, agreement, catalog.spec.partner.id, request,
                               now), {})])
-    return QodSession(session, call, now, terms.price_micros, catalog.currency,
-                      repeated=False)
+    return QodSession(session, call, now, price, catalog.currency, repeated=False)
 
 
 __all__ = ["QodRequest", "QodSession", "QosProfile", "request_quality_on_demand"]

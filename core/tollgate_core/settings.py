@@ -44,7 +44,14 @@ class ApiSettings:
     """Sustained GraphQL HTTP requests per second per caller (tenant + token subject; an
     unauthenticated caller by client address), per API process. 0 turns the limit off."""
     rate_limit_burst: int = 100
-    """Requests a caller may make at once before the sustained rate applies."""
+    """Requests a caller may make at once before the sustained rate applies. A websocket
+    connection (its `connection_init`) takes a token of the same bucket as a request."""
+    ws_connections_per_credential: int = 16
+    """Websocket connections one credential may hold open at once, per API process;
+    0: no cap."""
+    ws_operations_per_connection: int = 100
+    """Operations (subscriptions, and queries in flight) at once on one websocket
+    connection."""
 
 
 @dataclass(frozen=True, slots=True)

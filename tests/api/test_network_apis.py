@@ -21,12 +21,15 @@ import pytest
 import websockets
 from nats.js import JetStreamContext
 
+from tests.api.test_customer_care import CANCEL, ERASE
 from tests.conftest import Servers
 from tests.factories import example_resources
+from tests.integration.test_walking_skeleton import register_and_order
 from tests.running import Api, StartEngine, serve_api
 from tollgate_core.domain.ledger import transfer_id
 from tollgate_core.local.apply import apply_resources
 from tollgate_core.resources import parse_resource
+from tollgate_core.settlement.statements import run_statements
 from tollgate_core.store.db import Pool, tenant_tx
 
 PRICE_MICROS = 12_500  # "0.0125" per call
@@ -298,6 +301,140 @@ async def test_concurrent_calls_on_two_replicas_never_pass_the_quota(
     assert balances["revenue:networkApi"] == 4 and sum(balances.values()) == 0
 
 
+TIERED_APIS = [{"name": "qod", "rateLimitPerSecond": 100, "tiers": [
+    {"from": 0, "to": 3, "pricePerCall": "0.01"},
+    {"from": 3, "to": 5, "pricePerCall": "0.005"},
+    {"from": 5, "pricePerCall": "0.001"}]}]
+TIER_PRICES = [10_000, 10_000, 10_000, 5_000, 5_000, 1_000]
+"""Worked example: calls 1–3 of a month at 0.01 EUR, 4–5 at 0.005, then 0.001 each. Six
+calls in November: 3 × 10,000 + 2 × 5,000 + 1 × 1,000 = 41,000 micros; December starts
+again at 10,000."""
+
+
+async def test_tiered_prices_follow_the_calls_number_in_its_month(
+        servers: Servers, pool: Pool, tenant_name: str) -> None:
+    keys = await install(pool, tenant_name, [agreement(tenant_name, "tiers", TIERED_APIS)])
+    headers = api_key(keys["tiers"])
+    clock = StepClock(datetime(2026, 11, 23, 10, 0, tzinfo=UTC))
+    async with replicas(servers, clock) as (a, b):
+        terms = await call(a, headers, "{ partner { networkApis { name pricePerCall { amount }"
+                           " tiers { from to pricePerCall { amountMicros currency } } } } }",
+                           {})
+        assert terms.json()["data"]["partner"]["networkApis"] == [{
+            "name": "qod", "pricePerCall": None, "tiers": [
+                {"from": 0, "to": 3, "pricePerCall": {"amountMicros": 10_000,
+                                                      "currency": "EUR"}},
+                {"from": 3, "to": 5, "pricePerCall": {"amountMicros": 5_000,
+                                                      "currency": "EUR"}},
+                {"from": 5, "to": None, "pricePerCall": {"amountMicros": 1_000,
+                                                         "currency": "EUR"}}]}]
+        # Two calls first, then four at once through both replicas: the meter row numbers
+        # them 0–5 whatever the order they commit in.
+        sessions = [await qod(a, headers, "t0"), await qod(b, headers, "t1")]
+        sessions += await asyncio.gather(*(qod((a, b)[i % 2], headers, f"t{i}")
+                                           for i in range(2, 6)))
+        assert all(s["__typename"] == "QualityOnDemandSession" for s in sessions), sessions
+        assert [s["charge"]["amountMicros"] for s in sessions[:2]] == TIER_PRICES[:2]
+        assert sorted(s["charge"]["amountMicros"] for s in sessions) == sorted(TIER_PRICES)
+        # A repeat is not a new call: same price, the count stays at six.
+        repeat = await qod(b, headers, "t3")
+        assert repeat["repeated"] is True and repeat["charge"] == sessions[3]["charge"]
+
+        november = await usage(a, headers, NOVEMBER)
+        assert (november["calls"], november["charge"]["amountMicros"]) == (6, 41_000)
+        records = await call(a, headers, """query($from: DateTime!, $to: DateTime!) {
+          partner { usage(from: $from, to: $to) { records(first: 10) { edges { node {
+            callOfMonth statementId charge { amountMicros } } } } } } }""", NOVEMBER)
+        nodes = [e["node"] for e in
+                 records.json()["data"]["partner"]["usage"]["records"]["edges"]]
+        assert sorted(n["callOfMonth"] for n in nodes) == list(range(6))
+        assert all(n["charge"]["amountMicros"] == TIER_PRICES[n["callOfMonth"]]
+                   and n["statementId"] is None for n in nodes)
+
+        # 23:30 UTC on 30 November is December in Berlin: call 0 of a new month.
+        clock.now = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+        december = await qod(a, headers, "t6")
+        assert december["charge"]["amountMicros"] == TIER_PRICES[0]
+
+    balances, transfers, calls = await ledger(pool, tenant_name)
+    assert [c["month_call"] for c in calls][-1] == 0 and len(calls) == 7
+    assert sorted(t["amount_micros"] for t in transfers) == sorted(
+        [*TIER_PRICES, TIER_PRICES[0]])
+    assert balances["receivable:partner:tiers"] == -(41_000 + 10_000)
+    assert balances["revenue:networkApi"] == 51_000
+
+
+STATEMENTS = """
+query Statements($id: String, $first: Int!, $after: String) {
+  partner(id: $id) {
+    statements(first: $first, after: $after) {
+      edges { node { id period { kind start end } records payable { amountMicros }
+                     networkApiCalls networkApiCharges { amountMicros amount currency }
+                     net { amountMicros amount } netDirection
+                     settled { currency fxRate net { amount currency } } } }
+      pageInfo { hasNextPage endCursor }
+    }
+  }
+}"""
+
+
+async def test_partner_sees_its_statements_netting_its_network_api_charges(
+        servers: Servers, pool: Pool, tenant_name: str) -> None:
+    """Tiered calls in November and December 2026 (Berlin), statements of both months; the
+    partner pages through them with its key, an agent names the agreement, another tenant's
+    agent finds none."""
+    keys = await install(pool, tenant_name, [agreement(tenant_name, "tiers", TIERED_APIS)])
+    headers = api_key(keys["tiers"])
+    clock = StepClock(datetime(2026, 11, 23, 10, 0, tzinfo=UTC))
+    async with serve_api(servers, clock=clock) as api:
+        for i in range(4):  # 10,000 × 3 + 5,000
+            assert (await qod(api, headers, f"n{i}"))["__typename"] == "QualityOnDemandSession"
+        clock.now = datetime(2026, 12, 10, 10, 0, tzinfo=UTC)
+        assert (await qod(api, headers, "d0"))["charge"]["amountMicros"] == 10_000
+        for period, now in (("2026-11", datetime(2026, 12, 1, 9, tzinfo=UTC)),
+                            ("2026-12", datetime(2027, 1, 1, 9, tzinfo=UTC))):
+            made = await run_statements(pool, tenant_name, period, {}, agreements=["tiers"],
+                                        now=now)
+            assert [r.error for r in made] == [None]
+
+        first = await call(api, headers, STATEMENTS, {"first": 1})
+        page = first.json()["data"]["partner"]["statements"]
+        assert page["pageInfo"]["hasNextPage"] is True
+        december = page["edges"][0]["node"]
+        assert december["period"] == {"kind": "monthly", "start": "2026-12-01",
+                                      "end": "2027-01-01"}
+        assert (december["networkApiCalls"], december["net"]) == (
+            1, {"amountMicros": -10_000, "amount": "-0.01"})
+        rest = await call(api, headers, STATEMENTS, {
+            "first": 5, "after": page["pageInfo"]["endCursor"]})
+        november = rest.json()["data"]["partner"]["statements"]["edges"][0]["node"]
+        assert november == {
+            "id": november["id"],
+            "period": {"kind": "monthly", "start": "2026-11-01", "end": "2026-12-01"},
+            "records": 0, "payable": {"amountMicros": 0}, "networkApiCalls": 4,
+            "networkApiCharges": {"amountMicros": 35_000, "amount": "0.035",
+                                  "currency": "EUR"},
+            "net": {"amountMicros": -35_000, "amount": "-0.035"},
+            "netDirection": "PARTNER_PAYS_OPERATOR",
+            "settled": {"currency": "EUR", "fxRate": None,
+                        "net": {"amount": "-0.04", "currency": "EUR"}}}
+        # Each statement settled the calls of its month.
+        records = await call(api, headers, """query($from: DateTime!, $to: DateTime!) {
+          partner { usage(from: $from, to: $to) { records(first: 10) { edges { node {
+            statementId } } } } } }""", NOVEMBER)
+        assert {e["node"]["statementId"] for e in records.json()["data"]["partner"]["usage"][
+            "records"]["edges"]} == {november["id"]}
+
+        agent = {"Authorization": f"Bearer {api.token(tenant_name)}"}
+        seen = await call(api, agent, STATEMENTS, {"id": "tiers", "first": 5})
+        assert [e["node"]["id"] for e in seen.json()["data"]["partner"]["statements"][
+            "edges"]] == [december["id"], november["id"]]
+        stranger = {"Authorization": f"Bearer {api.token(tenant_name + 'x')}"}
+        hidden = await call(api, stranger, STATEMENTS, {"id": "tiers", "first": 5})
+        assert hidden.json()["data"] is None
+        assert hidden.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+
+
 # ------------------------------------------------------------------ refusals
 
 
@@ -391,3 +528,67 @@ async def test_another_tenants_key_sees_and_counts_nothing_of_this_tenant(
     assert balances_b["receivable:partner:lab"] == -PRICE_MICROS
     async with tenant_tx(pool, other, readonly=True) as conn:
         assert await conn.fetchval("SELECT calls FROM network_api_meters") == 1
+
+
+# ------------------------------------------------------------------ GDPR erasure
+
+
+async def test_erasure_pseudonymises_the_customers_qod_sessions_only(
+        servers: Servers, pool: Pool, tenant_name: str) -> None:
+    """QoD requests name an MSISDN. Erasing the customer (ADR 0010) pseudonymises those made
+    for its line while the line was its own — in `qod_sessions` and in the outbox copy of the
+    network request, with the line's pseudonym — and replaces their calls' request digests;
+    requests for the same number before the subscription (another holder) or after it ended
+    (the number sold again), and for other numbers, are untouched. Charges stay."""
+    line, other = "491705550777", "491705550999"
+    keys = await install(pool, tenant_name, [agreement(tenant_name, "lab", [
+        {"name": "qod", "pricePerCall": "0.01", "rateLimitPerSecond": 100}])])
+    headers = api_key(keys["lab"])
+    clock = StepClock(datetime.now(UTC) - timedelta(days=1))
+    async with serve_api(servers, clock=clock) as api:
+        agent = api.token(tenant_name)
+        sessions = {"before": await qod(api, headers, "before", msisdn=line)}
+        customer_id = await register_and_order(api, agent, msisdn=line)
+        clock.now = datetime.now(UTC)  # the line is the customer's now
+        sessions["during"] = await qod(api, headers, "during", msisdn=line)
+        sessions["plus"] = await qod(api, headers, "plus", msisdn="+" + line)
+        sessions["other"] = await qod(api, headers, "other", msisdn=other)
+        subscriptions = await api.graphql(
+            agent, "query($id: UUID!) { customer(id: $id) { subscriptions { id } } }",
+            {"id": customer_id})
+        for each in subscriptions["data"]["customer"]["subscriptions"]:
+            cancelled = await api.graphql(agent, CANCEL, {"id": each["id"],
+                                                          "when": "IMMEDIATE", "key": "c1"})
+            assert cancelled["data"]["cancelSubscription"]["__typename"] == \
+                "CancelSubscriptionSuccess", cancelled
+        clock.now = datetime.now(UTC) + timedelta(hours=1)  # the number, sold again
+        sessions["after"] = await qod(api, headers, "after", msisdn=line)
+        assert all(s["__typename"] == "QualityOnDemandSession" for s in sessions.values())
+        _, transfers_before, calls_before = await ledger(pool, tenant_name)
+
+        erased = await api.graphql(agent, ERASE, {"id": customer_id, "key": "e1"})
+        result = erased["data"]["eraseCustomer"]
+        assert result["__typename"] == "EraseCustomerSuccess", erased
+        pseudonym = result["customer"]["subscriptions"][0]["subscriber"]
+        assert pseudonym.startswith("erased-")
+
+    async with tenant_tx(pool, tenant_name, readonly=True) as conn:
+        stored = {str(r["session_id"]): r["msisdn"] for r in await conn.fetch(
+            "SELECT session_id, msisdn FROM qod_sessions")}
+        relayed = {str(r["id"]): json.loads(bytes(r["payload"]))["data"]["msisdn"]
+                   for r in await conn.fetch(
+                       "SELECT id, payload FROM outbox WHERE subject LIKE '%.oss.provision."
+                       "request'")}
+    by_name = {name: stored[s["sessionId"]] for name, s in sessions.items()}
+    assert by_name == {"before": line, "during": pseudonym, "plus": pseudonym,
+                       "other": other, "after": line}
+    assert {name: relayed[s["sessionId"]] for name, s in sessions.items()} == by_name
+    # The call records keep their charges; only the erased calls' request digests changed.
+    _, transfers_after, calls_after = await ledger(pool, tenant_name)
+    assert transfers_after == transfers_before
+    digests = {str(c["call_id"]): c["request_digest"] for c in calls_before}
+    changed = {str(c["call_id"]) for c in calls_after
+               if c["request_digest"] != digests[str(c["call_id"])]}
+    assert changed == {sessions["during"]["callId"], sessions["plus"]["callId"]}
+    assert [(c["price_micros"], c["called_at"]) for c in calls_after] == [
+        (c["price_micros"], c["called_at"]) for c in calls_before]

@@ -108,6 +108,16 @@ def _usage_tiers(*tiers: Document) -> Callable[[Document], None]:
     return mutate
 
 
+def _api_tiers(*tiers: Document, price_per_call: str | None = None
+               ) -> Callable[[Document], None]:
+    def mutate(document: Document) -> None:
+        api: Document = {"name": "qod", "tiers": list(tiers)}
+        if price_per_call is not None:
+            api["pricePerCall"] = price_per_call
+        document["spec"]["networkApis"] = [api]
+    return mutate
+
+
 def _set(path: str, value: Any) -> Callable[[Document], None]:
     """Set the dotted *path* (list indexes allowed) of a document to *value*."""
     def mutate(document: Document) -> None:
@@ -176,6 +186,22 @@ CEL_CASES: list[tuple[str, Callable[[Document], None], str]] = [
      "exactly one of api.auth.jwks and api.auth.jwksUri is required"),
     ("PartnerAgreement", _set("spec.partner.settlementCurrency", "XYZ"),
      "must be an ISO 4217 currency code (e.g. EUR)"),
+    ("PartnerAgreement", _api_tiers({"from": 0, "pricePerCall": "0.001"},
+                                    price_per_call="0.002"),
+     "networkApis: set pricePerCall or tiers, not both"),
+    ("PartnerAgreement", _api_tiers({"from": 1, "pricePerCall": "0.001"}),
+     "networkApis.tiers: the first tier must start at call 0 (the month's first call)"),
+    ("PartnerAgreement", _api_tiers({"from": 0, "to": 100, "pricePerCall": "0.002"},
+                                    {"from": 100, "to": 50, "pricePerCall": "0.001"},
+                                    {"from": 50, "pricePerCall": "0.001"}),
+     "networkApis.tiers: every tier but the last needs `to` greater than `from`"),
+    ("PartnerAgreement", _api_tiers({"from": 0, "to": 100, "pricePerCall": "0.002"},
+                                    {"from": 200, "pricePerCall": "0.001"}),
+     "networkApis.tiers: must be ascending and contiguous (each `from` equals the previous "
+     "`to`)"),
+    ("PartnerAgreement", _api_tiers({"from": 0, "to": 100, "pricePerCall": "0.002"}),
+     "networkApis.tiers: the last tier must be open-ended (no `to`); bound the calls with "
+     "monthlyQuota"),
 ]
 
 

@@ -17,6 +17,9 @@ from hypothesis import strategies as st
 from tests.unit.test_catalog import example_source
 from tollgate_core.domain.settlement import (
     AdjustmentKind,
+    ApiCharges,
+    ApiLine,
+    NetDirection,
     PeriodKind,
     SettlementError,
     StatementHeader,
@@ -185,3 +188,52 @@ def test_rendered_statement_is_plain_json_with_exact_amounts() -> None:
                               "end": "2026-11-01", "timezone": "Europe/Berlin"}
     assert body["carriedFromEarlierPeriods"]["records"] == 1
     assert body["transfers"] == [str(uuid.UUID(int=9))]
+
+
+@given(share=st.integers(-10**12, 10**12), api=st.integers(0, 10**12),
+       rate=st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("1000"), places=4),
+       currency=st.sampled_from(["EUR", "USD", "JPY", "BHD"]))
+def test_network_api_charges_net_against_the_payable(share: int, api: int, rate: Decimal,
+                                                     currency: str) -> None:
+    terms = compile_terms("streamflix", example_source().partners["streamflix"])
+    terms = replace(terms, minimum_micros=None, cap_micros=None,
+                    settlement_currency=currency)
+    charges = ApiCharges((ApiLine("qod", 3, api),))
+    figures = statement_figures(terms, Totals(1, 0, share), Fraction(rate), api=charges)
+    # The bounds never touch the charges; net = payable − charges, in both currencies.
+    assert figures.network_api_micros == api
+    assert figures.net_micros == figures.payable_micros - api
+    assert figures.settled_net_micros == (figures.settled_payable_micros
+                                          - figures.settled_network_api_micros)
+    exact = Fraction(api) * Fraction(rate)
+    step = {"EUR": 10_000, "USD": 10_000, "JPY": 1_000_000, "BHD": 1_000}[currency]
+    assert figures.settled_network_api_micros % step == 0
+    assert abs(figures.settled_network_api_micros - exact) <= Fraction(step, 2)
+    direction = figures.net_direction
+    assert (direction is NetDirection.OPERATOR_PAYS_PARTNER) == (figures.settled_net_micros > 0)
+    assert (direction is NetDirection.PARTNER_PAYS_OPERATOR) == (figures.settled_net_micros < 0)
+
+
+def test_a_minimum_guarantee_is_of_the_share_not_of_the_net() -> None:
+    # Share 18,836, minimum 50,000 → payable 50,000; API charges 70,000 → net −20,000.
+    terms = replace(compile_terms("streamflix", example_source().partners["streamflix"]),
+                    minimum_micros=50_000)
+    charges = ApiCharges((ApiLine("location", 1, 20_000), ApiLine("qod", 4, 50_000)),
+                         carried_calls=1, carried_micros=10_000)
+    figures = statement_figures(terms, Totals(3, 150_700, 18_836), Fraction(1), api=charges)
+    assert (figures.adjustment_micros, figures.payable_micros) == (31_164, 50_000)
+    assert (figures.network_api_micros, figures.net_micros) == (70_000, -20_000)
+    header = StatementHeader("de", uuid.UUID(int=7), "streamflix",
+                             example_source().partners["streamflix"], parse_period("2026-10"),
+                             "Europe/Berlin", 4, "EUR", datetime(2026, 11, 2, tzinfo=UTC))
+    body = render_statement(header, terms, Totals(3, 150_700, 18_836), figures, [], charges)
+    assert json.loads(json.dumps(body)) == body
+    assert body["version"] == 2
+    assert [body["ledger"][k]["amount"] for k in ("payable", "networkApiCharges", "net")] == [
+        "0.05", "0.07", "-0.02"]
+    assert body["networkApis"]["calls"] == 5
+    assert [(a["api"], a["calls"], a["charges"]["amountMicros"])
+            for a in body["networkApis"]["byApi"]] == [("location", 1, 20_000),
+                                                       ("qod", 4, 50_000)]
+    assert body["networkApis"]["carriedFromEarlierPeriods"]["calls"] == 1
+    assert body["settlement"]["netDirection"] == "partnerPaysOperator"

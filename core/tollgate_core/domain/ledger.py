@@ -39,6 +39,7 @@ class TransferCode(StrEnum):
     PAYMENT = "payment"
     CREDIT_NOTE = "creditNote"
     NETWORK_API = "networkApi"  # a partner's metered network API call (ADR 0015)
+    PARTNER_NETTING = "partnerNetting"  # statement: API charges set off against the payable
 
 
 def customer_account(customer_id: str) -> str:

@@ -1,9 +1,10 @@
 """Network APIs partners call through the API, metered against their agreement (ADR 0015).
 
 A PartnerAgreement's `networkApis[]` entry with the API's name allows the calls, prices each
-(`pricePerCall`, in the tenant's currency like every price of the tenant) and bounds them
-(`rateLimitPerSecond` per agreement and API, `monthlyQuota` per calendar month of the
-tenant's timezone). Pure values and rules here; counting and booking is the store's.
+(`pricePerCall`, or graduated `tiers` of the month's calls; in the tenant's currency like
+every price of the tenant) and bounds them (`rateLimitPerSecond` per agreement and API,
+`monthlyQuota` per calendar month of the tenant's timezone). Pure values and rules here;
+counting and booking is the store's.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
@@ -27,7 +29,7 @@ from tollgate_core.domain.ledger import (
     transfer_id,
 )
 from tollgate_core.domain.money import parse_micros
-from tollgate_core.resources.partner import PartnerAgreementSpec
+from tollgate_core.resources.partner import NetworkApi, PartnerAgreementSpec
 
 _CALL_NAMESPACE = uuid.UUID("0b3c62f4-8d7e-4a55-9e2f-51c0d7a4e913")
 _SESSION_NAMESPACE = uuid.UUID("b7d1e0a8-2f4c-4c6b-8a3e-9d5f1c2e7a40")
@@ -80,14 +82,62 @@ class RateLimited(DomainError):
 
 
 @dataclass(frozen=True, slots=True)
+class CallTier:
+    """Calls [start, end) of a month cost `price_micros` each; `end` None: no end."""
+
+    start: int
+    end: int | None
+    price_micros: int
+
+
+@dataclass(frozen=True, slots=True)
 class ApiTerms:
     """What an agreement says about one network API, compiled for metering."""
 
     agreement: str
     api: str
-    price_micros: int
+    tiers: tuple[CallTier, ...]
+    """Graduated prices by the call's number in its month (from 0): one open-ended tier for
+    `pricePerCall`, none for a free API."""
     rate_limit_per_second: int
     monthly_quota: int | None
+
+    def price_of_call(self, number: int) -> int:
+        """Micro-units the call number `number` (0 = the month's first) costs."""
+        return call_price(self.tiers, number)
+
+
+def call_price(tiers: Sequence[CallTier], number: int) -> int:
+    """The price of the month's call `number` (counted from 0): its tier's price, exactly.
+    Graduated and per call: a call never straddles a tier, so nothing is split or rounded."""
+    if number < 0:
+        raise ValueError("calls are numbered from 0")
+    for tier in tiers:
+        if tier.start <= number and (tier.end is None or number < tier.end):
+            return tier.price_micros
+    return 0  # no tiers: a free API (the model refuses tiers that leave calls unpriced)
+
+
+def calls_price(tiers: Sequence[CallTier], first: int, count: int) -> int:
+    """What the calls numbered [first, first + count) of a month cost together: the part of
+    the run in each tier times that tier's price (the closed form of summing `call_price`)."""
+    total = 0
+    end = first + count
+    for tier in tiers:
+        low = max(first, tier.start)
+        high = end if tier.end is None else min(end, tier.end)
+        if high > low:
+            total += (high - low) * tier.price_micros
+    return total
+
+
+def compile_tiers(entry: NetworkApi) -> tuple[CallTier, ...]:
+    if entry.tiers is not None:
+        return tuple(CallTier(t.from_, t.to, parse_micros(t.price_per_call))
+                     for t in entry.tiers)
+    if entry.price_per_call is not None:
+        return (CallTier(0, None, parse_micros(entry.price_per_call)),)
+    return ()
 
 
 def api_terms(agreement: str, spec: PartnerAgreementSpec | None, api: str,
@@ -101,8 +151,7 @@ def api_terms(agreement: str, spec: PartnerAgreementSpec | None, api: str,
         raise Forbidden(f"partner agreement {agreement!r} is not valid at {when.isoformat()}")
     for entry in spec.network_apis:
         if entry.name == api:
-            price = 0 if entry.price_per_call is None else parse_micros(entry.price_per_call)
-            return ApiTerms(agreement, api, price, entry.rate_limit_per_second,
+            return ApiTerms(agreement, api, compile_tiers(entry), entry.rate_limit_per_second,
                             entry.monthly_quota)
     raise Forbidden(f"partner agreement {agreement!r} does not include the network API "
                     f"{api!r}")

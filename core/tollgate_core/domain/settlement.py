@@ -14,6 +14,9 @@ Signs: a partner share is positive when the operator owes the partner (payer `op
 negative when the partner owes the operator (payer `partner`). A per-unit fee does not depend on
 the gross, so the operator share may be negative (the operator pays the partner more than it
 earned on that record); so may several agreements whose percentages add up to more than 100.
+
+A statement also settles the partner's network API charges (ADR 0015), netted against its
+payable share: net = payable − charges (negative: the partner pays the operator).
 """
 
 from __future__ import annotations
@@ -354,6 +357,46 @@ class Totals:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiLine:
+    """Network API calls of one API on a statement and what they cost the partner."""
+
+    api: str
+    calls: int
+    charge_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCharges:
+    """What a statement claims from the partner's metered network API calls (ADR 0015): the
+    other side of the statement, owed by the partner and netted against its share."""
+
+    lines: tuple[ApiLine, ...] = ()
+    """Per API, by name."""
+    carried_calls: int = 0
+    """Calls of earlier periods that had already been stated (late calls)."""
+    carried_micros: int = 0
+
+    @property
+    def calls(self) -> int:
+        return sum(line.calls for line in self.lines)
+
+    @property
+    def charge_micros(self) -> int:
+        return sum(line.charge_micros for line in self.lines)
+
+
+NO_API_CHARGES = ApiCharges()
+
+
+class NetDirection(StrEnum):
+    """Who pays whom the statement's net amount."""
+
+    OPERATOR_PAYS_PARTNER = "operatorPaysPartner"
+    PARTNER_PAYS_OPERATOR = "partnerPaysOperator"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
 class Figures:
     """A statement's amounts: in the ledger (tenant currency, micros) and in the partner's
     settlement currency (rounded to its minor unit, lines derived so that they add up)."""
@@ -367,6 +410,9 @@ class Figures:
     settled_gross_micros: int
     settled_share_micros: int
     settled_payable_micros: int
+    network_api_micros: int = 0
+    """Network API charges of the partner, netted against the payable share."""
+    settled_network_api_micros: int = 0
 
     @property
     def operator_micros(self) -> int:
@@ -375,6 +421,21 @@ class Figures:
     @property
     def payable_micros(self) -> int:
         return self.share_micros + self.adjustment_micros
+
+    @property
+    def net_micros(self) -> int:
+        """> 0: the operator pays the partner; < 0: the partner pays the operator."""
+        return self.payable_micros - self.network_api_micros
+
+    @property
+    def settled_net_micros(self) -> int:
+        return self.settled_payable_micros - self.settled_network_api_micros
+
+    @property
+    def net_direction(self) -> NetDirection:
+        net = self.settled_net_micros
+        return (NetDirection.OPERATOR_PAYS_PARTNER if net > 0 else
+                NetDirection.PARTNER_PAYS_OPERATOR if net < 0 else NetDirection.NONE)
 
     @property
     def settled_adjustment_micros(self) -> int:
@@ -386,11 +447,13 @@ class Figures:
 
 
 def statement_figures(terms: ShareTerms, totals: Totals, rate: Fraction,
-                      bounded: bool = True) -> Figures:
+                      bounded: bool = True, api: ApiCharges = NO_API_CHARGES) -> Figures:
     """Apply the minimum guarantee and cap (amounts of the tenant currency, so the ledger
     never holds a converted amount) unless `bounded` is False (the agreement was not valid
-    in the period), then convert gross, share and payable independently; the adjustment and
-    operator lines in the settlement currency are their differences."""
+    in the period), then convert gross, share, payable and the network API charges `api`
+    independently; the adjustment, operator and net lines in the settlement currency are
+    their differences. The bounds apply to the revenue share only: network API charges are
+    the partner's purchases, netted against what it earns, never capped or guaranteed."""
     adjustment, kind = (bound_share(totals.share_micros, terms.direction, terms.minimum_micros,
                                     terms.cap_micros) if bounded else (0, None))
     currency = terms.settlement_currency
@@ -401,7 +464,9 @@ def statement_figures(terms: ShareTerms, totals: Totals, rate: Fraction,
         rate=rate,
         settled_gross_micros=convert(totals.gross_micros, rate, currency),
         settled_share_micros=convert(totals.share_micros, rate, currency),
-        settled_payable_micros=convert(payable, rate, currency))
+        settled_payable_micros=convert(payable, rate, currency),
+        network_api_micros=api.charge_micros,
+        settled_network_api_micros=convert(api.charge_micros, rate, currency))
 
 
 def decimal_text(rate: Fraction) -> str:
@@ -434,9 +499,15 @@ class StatementHeader:
     issued_at: datetime
 
 
+STATEMENT_VERSION = 2
+"""Version 2 added the network API side (`networkApis`, `networkApiCharges`, `net`)."""
+
+
 def render_statement(header: StatementHeader, terms: ShareTerms, totals: Totals,
-                     figures: Figures, transfers: Sequence[uuid.UUID]) -> dict[str, Any]:
-    """The statement as a JSON document (stored with the statement, never re-rendered)."""
+                     figures: Figures, transfers: Sequence[uuid.UUID],
+                     api: ApiCharges = NO_API_CHARGES) -> dict[str, Any]:
+    """The statement as a JSON document (stored with the statement, never re-rendered): the
+    partner's revenue share (owed to it) and its network API charges (owed by it), netted."""
     spec = header.spec
     share = spec.revenue_share
     cur, settle = header.currency, figures.settlement_currency
@@ -448,7 +519,7 @@ def render_statement(header: StatementHeader, terms: ShareTerms, totals: Totals,
     return {
         "id": str(header.statement_id),
         "type": "PartnerSettlementStatement",
-        "version": 1,
+        "version": STATEMENT_VERSION,
         "tenant": header.tenant,
         "agreement": header.agreement,
         "partner": {"id": spec.partner.id, "displayName": spec.partner.display_name,
@@ -475,17 +546,34 @@ def render_statement(header: StatementHeader, terms: ShareTerms, totals: Totals,
             "adjustmentKind": figures.adjustment_kind.value if figures.adjustment_kind
             else None,
             "payable": money(figures.payable_micros, cur, cur_exp),
+            "networkApiCharges": money(figures.network_api_micros, cur, cur_exp),
+            "net": money(figures.net_micros, cur, cur_exp),
+        },
+        "networkApis": {
+            "calls": api.calls,
+            "charges": money(api.charge_micros, cur, cur_exp),
+            "byApi": [{"api": line.api, "calls": line.calls,
+                       "charges": money(line.charge_micros, cur, cur_exp)}
+                      for line in api.lines],
+            "carriedFromEarlierPeriods": {
+                "calls": api.carried_calls,
+                "charges": money(api.carried_micros, cur, cur_exp)},
         },
         "settlement": {
             "currency": settle,
             "fxRate": None if settle == cur else decimal_text(figures.rate),
             "rounding": f"half-even to {settle_exp} decimals (ISO 4217) on gross, partner "
-                        "share and payable; the other lines are their differences",
+                        "share, payable and network API charges; the other lines are their "
+                        "differences",
             "gross": money(figures.settled_gross_micros, settle, settle_exp),
             "operatorShare": money(figures.settled_operator_micros, settle, settle_exp),
             "partnerShare": money(figures.settled_share_micros, settle, settle_exp),
             "adjustment": money(figures.settled_adjustment_micros, settle, settle_exp),
             "payable": money(figures.settled_payable_micros, settle, settle_exp),
+            "networkApiCharges": money(figures.settled_network_api_micros, settle,
+                                       settle_exp),
+            "net": money(figures.settled_net_micros, settle, settle_exp),
+            "netDirection": figures.net_direction.value,
         },
         "transfers": [str(t) for t in transfers],
         "issuedAt": header.issued_at.isoformat(),

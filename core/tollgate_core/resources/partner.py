@@ -98,16 +98,80 @@ class Settlement(Spec):
     cap: Amount | None = Field(default=None, description="Most the partner receives per period.")
 
 
+class NetworkApiTier(Spec):
+    """Calls [from, to) of a calendar month (tenant timezone, from 0) cost `pricePerCall` each."""
+
+    from_: int = Field(alias="from", ge=0, le=1_000_000_000_000,
+                       description="First call of the tier, counted from 0 in each calendar "
+                       "month of the tenant's timezone (inclusive): calls 1 to 1,000 of a "
+                       "month are [0, 1000).")
+    to: int | None = Field(default=None, ge=1, le=1_000_000_000_000,
+                           description="End of the tier (exclusive); omit on the last tier, "
+                           "which has none.")
+    price_per_call: Amount = Field(description="Price of each call in this tier, in the "
+                                   "tenant's currency.")
+
+
+_API_ONE_PRICE = Cel("!has(self.pricePerCall) || !has(self.tiers)",
+                     "networkApis: set pricePerCall or tiers, not both")
+_API_TIERS_START_AT_ZERO = Cel(
+    "!has(self.tiers) || self.tiers[0].from == 0",
+    "networkApis.tiers: the first tier must start at call 0 (the month's first call)")
+# Two-variable comprehensions need Kubernetes >= 1.33, as the Offer's tier rules do.
+_API_TIERS_BOUNDED_BUT_LAST = Cel(
+    "!has(self.tiers) || self.tiers.all(i, t, i == size(self.tiers) - 1 || "
+    "(has(t.to) && t.to > t.from))",
+    "networkApis.tiers: every tier but the last needs `to` greater than `from`")
+_API_TIERS_CONTIGUOUS = Cel(
+    "!has(self.tiers) || self.tiers.all(i, t, i == 0 || "
+    "(has(self.tiers[i - 1].to) && self.tiers[i - 1].to == t.from))",
+    "networkApis.tiers: must be ascending and contiguous (each `from` equals the previous "
+    "`to`)")
+_API_TIERS_OPEN_ENDED = Cel(
+    "!has(self.tiers) || !has(self.tiers[size(self.tiers) - 1].to)",
+    "networkApis.tiers: the last tier must be open-ended (no `to`); bound the calls with "
+    "monthlyQuota")
+
+
 class NetworkApi(Spec):
-    """A network API (e.g. CAMARA QoD) the partner may call, and its price."""
+    """A network API (e.g. CAMARA QoD) the partner may call: per-call or tiered price, limits."""
 
     name: Name = Field(description="Name of the network API, e.g. qod.")
     price_per_call: Amount | None = Field(
-        default=None, description="Price the partner pays per call; omit for no charge.")
+        default=None, description="Price the partner pays per call, in the tenant's currency; "
+        "omit (and omit tiers) for no charge.")
+    tiers: list[NetworkApiTier] | None = Field(
+        default=None, min_length=1, max_length=16,
+        description="Graduated prices instead of pricePerCall: each call of a calendar month "
+        "(tenant timezone) costs the price of the tier its number falls in. The first tier "
+        "starts at 0, each `from` equals the previous `to`, the last has no `to`.")
     rate_limit_per_second: int = Field(default=10, ge=1, le=100_000,
                                        description="Calls per second allowed.")
     monthly_quota: int | None = Field(default=None, ge=1,
                                       description="Calls per month allowed; omit for no quota.")
+
+    cel_rules: ClassVar[tuple[Cel, ...]] = (
+        _API_ONE_PRICE, _API_TIERS_START_AT_ZERO, _API_TIERS_BOUNDED_BUT_LAST,
+        _API_TIERS_CONTIGUOUS, _API_TIERS_OPEN_ENDED)
+
+    @model_validator(mode="after")
+    def _one_price_and_tiers_in_order(self) -> NetworkApi:
+        if self.price_per_call is not None and self.tiers is not None:
+            raise ValueError(f"{_API_ONE_PRICE.message} (networkApis {self.name!r})")
+        tiers = self.tiers or []
+        where = f"networkApis {self.name!r}"
+        if tiers and tiers[0].from_ != 0:
+            raise ValueError(f"{_API_TIERS_START_AT_ZERO.message}, at {where} tiers[0]")
+        for index, tier in enumerate(tiers):
+            last = index == len(tiers) - 1
+            if not last and (tier.to is None or tier.to <= tier.from_):
+                raise ValueError(f"{_API_TIERS_BOUNDED_BUT_LAST.message}, at {where} "
+                                 f"tiers[{index}]")
+            if index and tiers[index - 1].to != tier.from_:
+                raise ValueError(f"{_API_TIERS_CONTIGUOUS.message}, at {where} tiers[{index}]")
+            if last and tier.to is not None:
+                raise ValueError(f"{_API_TIERS_OPEN_ENDED.message}, at {where} tiers[{index}]")
+        return self
 
 
 class OfferSelector(Spec):

@@ -6,11 +6,15 @@ partner agreement of the tenant, its monthly statement or its daily statements (
 
 1. takes the agreement's advisory lock and returns the stored statement if there is one
    (a rerun changes nothing);
-2. claims the open accruals of the period (and late ones of periods already stated);
+2. claims the open accruals of the period (and late ones of periods already stated), and
+   the partner's network API calls of the period by the same rule;
 3. applies the minimum guarantee or the cap as a ledger transfer between `revenue:usage` and
    the partner payable account;
-4. converts the figures to the partner's settlement currency at the caller's exact FX rate;
-5. stores the statement with its JSON document and writes `settlement.statement` to the
+4. nets the network API charges against the share: one transfer from the payable to the
+   partner's receivable clears what the calls debited (ADR 0012, 0015), so the payable
+   holds the net, which the partner is paid or owes;
+5. converts the figures to the partner's settlement currency at the caller's exact FX rate;
+6. stores the statement with its JSON document and writes `settlement.statement` to the
    outbox.
 """
 
@@ -25,6 +29,7 @@ from typing import Any
 from tollgate_core.domain.catalog import Catalog
 from tollgate_core.domain.events import DomainEvent
 from tollgate_core.domain.ledger import Transfer, TransferCode, transfer_id
+from tollgate_core.domain.network_api import partner_receivable_account
 from tollgate_core.domain.settlement import (
     AdjustmentKind,
     Period,
@@ -151,26 +156,43 @@ async def make_statement(pool: Pool, tenant: str, agreement: str, period: Period
             return StatementResult(agreement, period, existing, created=False)
         rate = _rate(terms, catalog.currency, rates)
         totals = await settlement_repo.claim_accruals(conn, agreement, period, sid)
+        api, currencies = await settlement_repo.claim_calls(conn, agreement, period,
+                                                            catalog.timezone, sid)
+        if currencies - {catalog.currency}:
+            raise SettlementError(
+                f"agreement {agreement}: network API calls of {period.label} were charged in "
+                f"{', '.join(sorted(currencies))}, the tenant now settles in "
+                f"{catalog.currency}")  # rolls the claims back
         start, end = period.bounds(catalog.timezone)
         valid = terms.valid_during(start, end)
-        if not valid and totals.records == 0:
+        if not valid and totals.records == 0 and api.calls == 0:
             return StatementResult(agreement, period)  # not in force and nothing to settle
-        figures = statement_figures(terms, totals, rate, bounded=valid)
+        figures = statement_figures(terms, totals, rate, bounded=valid, api=api)
         transfers: list[Transfer] = []
+        payable = partner_payable_account(agreement)
         if figures.adjustment_kind is not None:
-            payable = partner_payable_account(agreement)
             amount = figures.adjustment_micros
             debit, credit = (SHARED_REVENUE, payable) if amount > 0 else (payable, SHARED_REVENUE)
             transfers.append(Transfer(
                 transfer_id(f"statement:{sid}", figures.adjustment_kind.value), debit, credit,
                 abs(amount), catalog.currency, _ADJUSTMENT_CODES[figures.adjustment_kind],
                 str(sid)))
+        if figures.network_api_micros > 0:
+            # Netting: the partner's network API charges come off what it is owed. The
+            # receivable the calls debited is cleared; the payable keeps the net position
+            # (negative: the partner owes the operator).
+            transfers.append(Transfer(
+                transfer_id(f"statement:{sid}", "networkApiNetting"), payable,
+                partner_receivable_account(agreement), figures.network_api_micros,
+                catalog.currency, TransferCode.PARTNER_NETTING, str(sid)))
+        if transfers:
             await settlement_repo.ensure_payable_accounts(conn, tenant, [payable],
                                                           catalog.currency)
         issued_at = datetime.now(UTC)
         header = StatementHeader(tenant, sid, agreement, spec, period, catalog.timezone,
                                  found.revision, catalog.currency, issued_at)
-        body = render_statement(header, terms, totals, figures, [t.id for t in transfers])
+        body = render_statement(header, terms, totals, figures, [t.id for t in transfers],
+                                api)
         await settlement_repo.insert_statement(conn, tenant, StatementRow(
             statement_id=sid, agreement=agreement, partner_id=terms.partner_id, period=period,
             catalog_revision=found.revision, currency=catalog.currency,
@@ -184,14 +206,20 @@ async def make_statement(pool: Pool, tenant: str, agreement: str, period: Period
             settled_gross_micros=figures.settled_gross_micros,
             settled_share_micros=figures.settled_share_micros,
             settled_payable_micros=figures.settled_payable_micros, body=body,
-            issued_at=issued_at))
+            issued_at=issued_at, network_api_calls=api.calls,
+            network_api_micros=figures.network_api_micros,
+            settled_network_api_micros=figures.settled_network_api_micros))
         await rating_repo.post_transfers(conn, tenant, transfers)
         await outbox.enqueue(conn, [DomainEvent.new(tenant, STATEMENT_EVENT, {
             "statementId": str(sid), "agreement": agreement, "partnerId": terms.partner_id,
             "period": body["period"], "records": totals.records,
             "payable": body["ledger"]["payable"],
             "settlementPayable": body["settlement"]["payable"],
-            "adjustmentKind": body["ledger"]["adjustmentKind"]}, event_id=sid)])
+            "adjustmentKind": body["ledger"]["adjustmentKind"],
+            "networkApiCalls": api.calls,
+            "networkApiCharges": body["ledger"]["networkApiCharges"],
+            "net": body["ledger"]["net"], "settlementNet": body["settlement"]["net"],
+            "netDirection": body["settlement"]["netDirection"]}, event_id=sid)])
     return StatementResult(agreement, period, body, created=True)
 
 

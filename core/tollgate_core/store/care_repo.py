@@ -138,6 +138,7 @@ async def erase_customer(conn: Connection, tenant: str, customer_id: uuid.UUID,
         "UPDATE customers SET name = $2, email = $3, erased_at = $4 WHERE customer_id = $1",
         customer_id, name, email, erased_at)
     if line_pseudonyms:
+        await erase_qod_sessions(conn, customer_id, line_pseudonyms)
         await conn.execute(
             "UPDATE subscriptions s SET subscriber = p.pseudonym"
             " FROM unnest($2::text[], $3::text[]) AS p(line, pseudonym)"
@@ -146,6 +147,39 @@ async def erase_customer(conn: Connection, tenant: str, customer_id: uuid.UUID,
     await outbox.enqueue(conn, [DomainEvent.new(tenant, "customer.erased", {
         "customerId": str(customer_id), "erasedAt": erased_at.isoformat()})])
     return erased_at
+
+
+async def erase_qod_sessions(conn: Connection, customer_id: uuid.UUID,
+                             line_pseudonyms: dict[str, str]) -> int:
+    """Pseudonymise the QoD session requests partners made for the customer's lines while
+    the line was the customer's (requested within one of its subscriptions' [started_at,
+    ended_at); a number held by someone else before or after is theirs): the session's
+    MSISDN and the copy in its `oss.provision.request` outbox payload become the line's
+    pseudonym, and the call's request digest (a hash of the MSISDN, reversible by trying
+    every number) a random one. Must run before the subscriptions' lines are replaced.
+    Returns the sessions changed."""
+    row = await conn.fetchrow(
+        "WITH matched AS ("
+        " SELECT DISTINCT ON (q.session_id) q.session_id, p.pseudonym"
+        " FROM qod_sessions q"
+        " JOIN subscriptions s ON ltrim(s.subscriber, '+') = ltrim(q.msisdn, '+')"
+        "  AND q.requested_at >= s.started_at"
+        "  AND (s.ended_at IS NULL OR q.requested_at < s.ended_at)"
+        " JOIN unnest($2::text[], $3::text[]) AS p(line, pseudonym) ON s.subscriber = p.line"
+        " WHERE s.customer_id = $1 ORDER BY q.session_id, p.pseudonym),"
+        " sessions AS (UPDATE qod_sessions q SET msisdn = m.pseudonym FROM matched m"
+        "  WHERE q.session_id = m.session_id RETURNING q.session_id, q.call_id, q.msisdn),"
+        " calls AS (UPDATE network_api_calls c"
+        "  SET request_digest = encode(sha256(convert_to(gen_random_uuid()::text, 'UTF8')),"
+        "  'hex') FROM sessions s WHERE c.call_id = s.call_id RETURNING c.call_id),"
+        " relayed AS (UPDATE outbox o SET payload = convert_to(jsonb_set("
+        "  convert_from(o.payload, 'UTF8')::jsonb, '{data,msisdn}', to_jsonb(s.msisdn))::text,"
+        "  'UTF8') FROM sessions s WHERE o.id = s.session_id RETURNING o.id)"
+        " SELECT (SELECT count(*) FROM sessions) AS sessions,"
+        " (SELECT count(*) FROM calls) AS calls, (SELECT count(*) FROM relayed) AS relayed",
+        customer_id, list(line_pseudonyms), list(line_pseudonyms.values()))
+    assert row is not None
+    return int(row["sessions"])
 
 
 async def get_order(conn: Connection, order_id: uuid.UUID) -> OrderRow | None:

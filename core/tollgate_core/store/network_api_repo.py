@@ -116,16 +116,19 @@ class CallRow:
     price_micros: int
     currency: str
     catalog_revision: int
+    month_call: int
+    """The call's number in its month, from 0 (it picked the price tier)."""
 
 
 async def insert_call(conn: Connection, tenant: str, call: CallRow) -> None:
     await conn.execute(
         "INSERT INTO network_api_calls (tenant_id, call_id, agreement, api, operation,"
         " idempotency_key, request_digest, called_at, local_month, price_micros, currency,"
-        " catalog_revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        " catalog_revision, month_call)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         tenant, call.call_id, call.agreement, call.api, call.operation, call.idempotency_key,
         call.request_digest, call.called_at, call.local_month, call.price_micros,
-        call.currency, call.catalog_revision)
+        call.currency, call.catalog_revision, call.month_call)
 
 
 async def insert_qod_session(conn: Connection, tenant: str, session_id: uuid.UUID,
@@ -167,6 +170,8 @@ class CallRecord:
     currency: str
     catalog_revision: int
     session_id: uuid.UUID | None
+    month_call: int | None
+    statement_id: uuid.UUID | None
 
 
 async def call_page(conn: Connection, agreement: str, start: datetime, end: datetime,
@@ -179,7 +184,8 @@ async def call_page(conn: Connection, agreement: str, start: datetime, end: date
         args.extend(after)
     rows = await conn.fetch(
         "SELECT c.call_id, c.api, c.operation, c.called_at, c.price_micros, c.currency,"
-        " c.catalog_revision, s.session_id FROM network_api_calls c LEFT JOIN qod_sessions s"
+        " c.catalog_revision, s.session_id, c.month_call, c.statement_id"
+        " FROM network_api_calls c LEFT JOIN qod_sessions s"
         " ON s.tenant_id = c.tenant_id AND s.call_id = c.call_id"
         " WHERE c.agreement = $1 AND c.called_at >= $2 AND c.called_at < $3" + position +
         " ORDER BY c.called_at DESC, c.call_id DESC LIMIT $4", *args)

@@ -1,4 +1,5 @@
-"""Partner settlement rows: accruals, running monthly gross of tiered agreements, statements.
+"""Partner settlement rows: accruals, running monthly gross of tiered agreements, statements
+and the network API calls they settle.
 
 Writes made while rating are bulk statements (unnest), one per table per batch, like
 :mod:`rating_repo`; statement runs take one transaction per (agreement, period).
@@ -13,7 +14,7 @@ from datetime import date, datetime
 from typing import Any
 
 from tollgate_core.domain.ledger import AccountKind
-from tollgate_core.domain.settlement import Period, Totals
+from tollgate_core.domain.settlement import ApiCharges, ApiLine, Period, Totals
 from tollgate_core.store.db import Connection
 
 GrossKey = tuple[str, date]
@@ -137,6 +138,34 @@ async def claim_accruals(conn: Connection, agreement: str, period: Period,
                   int(row["carried"]), int(row["carried_share"]))
 
 
+async def claim_calls(conn: Connection, agreement: str, period: Period, timezone: str,
+                      statement: uuid.UUID) -> tuple[ApiCharges, set[str]]:
+    """Put on `statement` the agreement's open network API calls of the period, and late
+    ones of earlier periods that already have a statement (the rule of `claim_accruals`;
+    a call's period is its local day in `timezone`). Returns the charges per API and the
+    currencies they were booked in."""
+    start, end = period.bounds(timezone)
+    rows = await conn.fetch(
+        "WITH claimed AS ("
+        " UPDATE network_api_calls c SET statement_id = $4"
+        " WHERE c.agreement = $1 AND c.statement_id IS NULL AND c.called_at < $3"
+        " AND (c.called_at >= $2 OR EXISTS (SELECT 1 FROM settlement_statements s"
+        "  WHERE s.agreement = c.agreement"
+        "  AND s.period_start <= (c.called_at AT TIME ZONE $5)::date"
+        "  AND (c.called_at AT TIME ZONE $5)::date < s.period_end))"
+        " RETURNING c.api, c.currency, c.price_micros, c.called_at)"
+        " SELECT api, currency, count(*) AS calls,"
+        " coalesce(sum(price_micros), 0)::bigint AS charge,"
+        " count(*) FILTER (WHERE called_at < $2) AS carried,"
+        " coalesce(sum(price_micros) FILTER (WHERE called_at < $2), 0)::bigint AS carried_charge"
+        " FROM claimed GROUP BY api, currency ORDER BY api, currency",
+        agreement, start, end, statement, timezone)
+    lines = tuple(ApiLine(r["api"], int(r["calls"]), int(r["charge"])) for r in rows)
+    return (ApiCharges(lines, sum(int(r["carried"]) for r in rows),
+                       sum(int(r["carried_charge"]) for r in rows)),
+            {r["currency"].strip() for r in rows})
+
+
 @dataclass(frozen=True, slots=True)
 class StatementRow:
     statement_id: uuid.UUID
@@ -158,6 +187,9 @@ class StatementRow:
     settled_payable_micros: int
     body: dict[str, Any]
     issued_at: datetime
+    network_api_calls: int = 0
+    network_api_micros: int = 0
+    settled_network_api_micros: int = 0
 
 
 async def insert_statement(conn: Connection, tenant: str, s: StatementRow) -> None:
@@ -166,13 +198,15 @@ async def insert_statement(conn: Connection, tenant: str, s: StatementRow) -> No
         " period, period_start, period_end, catalog_revision, currency, settlement_currency,"
         " fx_rate, records, gross_micros, share_micros, adjustment_micros, adjustment_kind,"
         " payable_micros, settled_gross_micros, settled_share_micros, settled_payable_micros,"
-        " body, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
-        " $15, $16, $17, $18, $19, $20, $21, $22)",
+        " body, issued_at, network_api_calls, network_api_micros, settled_network_api_micros)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,"
+        " $18, $19, $20, $21, $22, $23, $24, $25)",
         tenant, s.statement_id, s.agreement, s.partner_id, s.period.kind.value, s.period.start,
         s.period.end, s.catalog_revision, s.currency, s.settlement_currency, s.fx_rate,
         s.records, s.gross_micros, s.share_micros, s.adjustment_micros, s.adjustment_kind,
         s.payable_micros, s.settled_gross_micros, s.settled_share_micros,
-        s.settled_payable_micros, s.body, s.issued_at)
+        s.settled_payable_micros, s.body, s.issued_at, s.network_api_calls,
+        s.network_api_micros, s.settled_network_api_micros)
 
 
 async def statements(conn: Connection, *, agreement: str | None = None,
@@ -186,3 +220,51 @@ async def statements(conn: Connection, *, agreement: str | None = None,
         " AND ($3::date IS NULL OR period_end <= $3)"
         " ORDER BY period_start, agreement, period", agreement, period_start, period_end)
     return [dict(r["body"]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class StatementSummary:
+    """A stored statement's figures, as the partner API shows them."""
+
+    statement_id: uuid.UUID
+    agreement: str
+    period: str
+    period_start: date
+    period_end: date
+    catalog_revision: int
+    currency: str
+    settlement_currency: str
+    fx_rate: str | None
+    records: int
+    gross_micros: int
+    share_micros: int
+    adjustment_micros: int
+    adjustment_kind: str | None
+    payable_micros: int
+    network_api_calls: int
+    network_api_micros: int
+    net_micros: int
+    settled_payable_micros: int
+    settled_network_api_micros: int
+    settled_net_micros: int
+    issued_at: datetime
+
+
+async def statement_page(conn: Connection, agreement: str, limit: int,
+                         after: tuple[datetime, uuid.UUID] | None) -> list[StatementSummary]:
+    """The agreement's statements, newest issued first, after an (issued_at, id) position."""
+    args: list[Any] = [agreement, limit]
+    position = ""
+    if after is not None:
+        position = " AND (issued_at, statement_id) < ($3, $4)"
+        args.extend(after)
+    rows = await conn.fetch(
+        "SELECT statement_id, agreement, period, period_start, period_end, catalog_revision,"
+        " currency, settlement_currency, fx_rate, records, gross_micros, share_micros,"
+        " adjustment_micros, adjustment_kind, payable_micros, network_api_calls,"
+        " network_api_micros, net_micros, settled_payable_micros,"
+        " settled_network_api_micros, settled_net_micros, issued_at"
+        " FROM settlement_statements WHERE agreement = $1" + position +
+        " ORDER BY issued_at DESC, statement_id DESC LIMIT $2", *args)
+    return [StatementSummary(**{k: (v.strip() if k in ("currency", "settlement_currency")
+                                    else v) for k, v in dict(r).items()}) for r in rows]
