@@ -273,6 +273,109 @@ def reconcile_command(
         raise typer.Exit(3)
 
 
+@assurance_app.command("sync")
+def sync_command(
+    tenant: Tenant,
+    directory: Annotated[Path, typer.Option(
+        "--dir", help="The folder shared with the legacy system (inbox/, outbox/, reports/).",
+        file_okay=False)] = Path("/legacy"),
+    reconcile_extracts: Annotated[bool, typer.Option(
+        "--reconcile/--no-reconcile",
+        help="Also reconcile the extracts in inbox/ (Tenant legacy.mode reconcile).")] = False,
+    unit: Annotated[AmountUnit, typer.Option(
+        help="Amount unit of the mirrored files.")] = AmountUnit.MICRO,
+    tolerance_micros: Annotated[int, typer.Option(
+        min=0, help="Amount differences up to this many micro-units are no variance.")] = 0,
+    tolerance_ppm: Annotated[int, typer.Option(
+        min=0, help="… nor those up to this many millionths of Tollgate's amount.")] = 0,
+    settle_seconds: Annotated[float, typer.Option(
+        min=0, help="Mirror only what was written at least this long ago (and before any "
+        "transaction still open began).")] = 60.0,
+    database_url: DatabaseUrl = None,
+    nats_url: Annotated[str | None, typer.Option(
+        envvar="TOLLGATE_NATS_URL", help="Publish the variance events now (otherwise the "
+        "tenant's outbox relay does).")] = None,
+    home: Home = Path(".tollgate"),
+) -> None:
+    """Exchange files with the legacy system: mirror rated usage and documents into outbox/,
+    and with --reconcile reconcile each new extract of inbox/ (what the Tenant's CronJob runs).
+
+    Exit 0 when done (variances are findings, not failures), 3 when an extract was refused
+    (moved to inbox/failed/ with the reason; the others were processed), 4 when another sync
+    of the tenant is running."""
+    import structlog
+
+    from tollgate_core.assurance.legacy_feed import FeedError
+    from tollgate_core.assurance.legacy_sync import ExtractStatus, SyncBusy, SyncResult, sync
+    from tollgate_core.assurance.reconcile import Tolerance
+
+    log = structlog.get_logger("tollgate.assurance.sync")
+
+    async def work(pool: Pool) -> SyncResult:
+        await _tenant_zone(pool, tenant)
+
+        async def relay() -> None:
+            if not nats_url:
+                return
+            try:
+                await _relay(pool, tenant, nats_url)
+            except Exception as exc:  # the events stay in the outbox for the relay
+                log.warning("variance events not published now; the tenant's outbox relay "
+                            "will", tenant=tenant, error=f"{type(exc).__name__}: {exc}")
+
+        with _progress() as progress:
+            mirroring = progress.add_task("mirroring rated records", total=None)
+            extracts = progress.add_task("reconciling extracts", total=None,
+                                         visible=reconcile_extracts)
+
+            def mirrored(done: int, total: int) -> None:
+                progress.update(mirroring, completed=done, total=total)
+
+            def reconciled(done: int, total: int, name: str) -> None:
+                progress.update(extracts, completed=done, total=total,
+                                description=f"reconciling {name}" if name
+                                else "reconciling extracts")
+
+            return await sync(pool, tenant, directory, reconcile_extracts=reconcile_extracts,
+                              unit=unit, tolerance=Tolerance(tolerance_micros, tolerance_ppm),
+                              settle_s=settle_seconds, mirror_progress=mirrored,
+                              extract_progress=reconciled, on_done=relay)
+
+    try:
+        result = _with_pool(_dsn(database_url, home), work)
+    except SyncBusy as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(4) from exc
+    except (FeedError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    if not result.mirrored:
+        out.print("mirror: nothing new since the last batch", highlight=False)
+    for m in result.mirrored:
+        out.print(f"mirror: batch {m.batch_no}{' (resumed)' if m.resumed else ''}: "
+                  f"{m.records} rated records, {m.totals} account-day totals, "
+                  f"{m.documents} documents in {directory / 'outbox'}", highlight=False,
+                  soft_wrap=True)
+    if reconcile_extracts and not result.extracts:
+        out.print("reconcile: no new extract in inbox/", highlight=False)
+    if result.extracts:
+        table = Table(title="Extracts", title_justify="left")
+        table.add_column("extract", overflow="fold")
+        table.add_column("status")
+        table.add_column("variances", justify="right")
+        table.add_column(f"report in {directory / 'reports'}", overflow="fold")
+        for e in result.extracts:
+            table.add_row(e.source, e.status.value,
+                          "-" if e.status is ExtractStatus.FAILED else str(e.variances),
+                          e.report.name)
+        out.print(table)
+        for e in result.failed:
+            out.print(f"refused {e.source} (now in inbox/failed/): {e.error}",
+                      highlight=False, soft_wrap=True)
+    if result.failed:
+        raise typer.Exit(3)
+
+
 async def _relay(pool: Pool, tenant: str, nats_url: str) -> None:
     from tollgate_core.bus.nats import connect, ensure_streams
     from tollgate_core.store.outbox import relay_once

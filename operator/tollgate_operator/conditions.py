@@ -27,6 +27,7 @@ class ConditionType(StrEnum):
     BILLING_READY = "BillingReady"
     API_READY = "ApiReady"
     CATALOG_SYNCED = "CatalogSynced"
+    LEGACY_SYNCED = "LegacySynced"
     # Offer, PartnerAgreement
     VALID = "Valid"
     PUBLISHED = "Published"
@@ -65,6 +66,10 @@ class Reason(StrEnum):
     NOT_PUBLISHED = "NotPublished"
     WAITING_FOR_TENANT = "WaitingForTenant"
     CREDENTIALS_ISSUED = "CredentialsIssued"
+    # legacy sync (the CronJob's last Job)
+    LEGACY_SYNC_SCHEDULED = "LegacySyncScheduled"
+    LEGACY_SYNC_RUNNING = "LegacySyncRunning"
+    LEGACY_SYNC_FAILED = "LegacySyncFailed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ PLURALS: Mapping[str, str] = {
     "ServiceAccount": "serviceaccounts",
     "Deployment": "deployments",
     "Job": "jobs",
+    "CronJob": "cronjobs",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "NetworkPolicy": "networkpolicies",
     "Cluster": "clusters",

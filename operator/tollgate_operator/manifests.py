@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from tollgate_core.resources import API_GROUP, TenantSpec
-from tollgate_core.resources.tenant import DatabaseMode
+from tollgate_core.resources.tenant import DatabaseMode, LegacyMode
 from tollgate_operator.conditions import ConditionType
 from tollgate_operator.settings import FIELD_MANAGER
 
@@ -46,6 +46,13 @@ CNPG_MAX_CLUSTER_NAME = 50
 """CloudNativePG's admission webhook refuses longer Cluster names (`validateName`)."""
 MIGRATION = "migration"
 """Component label of the schema migration Jobs."""
+LEGACY = "legacy-sync"
+"""Component label of the legacy sync CronJob and its Jobs."""
+LEGACY_MOUNT = "/legacy"
+"""Where the sync Pods mount `spec.legacy.extractsClaim`."""
+LEGACY_EXTRACT_REFUSED = 3
+"""Exit code of `tollgate assurance sync` when an extract was refused: the Job fails at once
+(retrying cannot help; the extract is in inbox/failed/ already)."""
 API_PORT = 8080
 METRICS_PORT = 9090
 
@@ -201,6 +208,10 @@ def workload_name(t: TenantWorkload, component: Component) -> str:
 def migration_job_name(t: TenantWorkload) -> str:
     """Job templates are immutable: a new image or database wiring gets a new Job."""
     return t.child(f"migrate-{_digest([t.image, migration_env(t)])}")
+
+
+def legacy_cronjob_name(t: TenantWorkload) -> str:
+    return t.child("legacy")
 
 
 def graphql_endpoint(t: TenantWorkload) -> str:
@@ -405,6 +416,66 @@ def migration_job(t: TenantWorkload) -> Manifest:
     }
 
 
+def legacy_args(t: TenantWorkload) -> list[str]:
+    """`tollgate assurance sync` as the Tenant's legacy spec asks for it."""
+    legacy = t.spec.legacy
+    args = ["assurance", "sync", "--dir", LEGACY_MOUNT, "--unit", legacy.amount_unit]
+    if legacy.mode is LegacyMode.RECONCILE:
+        args += ["--reconcile", "--tolerance-micros", str(legacy.tolerance_micros),
+                 "--tolerance-ppm", str(legacy.tolerance_ppm)]
+    return args
+
+
+def legacy_cronjob(t: TenantWorkload) -> Manifest:
+    """The scheduled exchange with the legacy system (`legacy.mode` mirror or reconcile).
+
+    One run at a time (`Forbid`; the sync also takes a per-tenant database lock), in the
+    tenant's time zone; the claim is mounted at /legacy. An extract refused (exit code 3) fails
+    the Job at once; anything else (a database outage) is retried twice; node drains do not
+    count against that.
+    """
+    legacy = t.spec.legacy
+    assert legacy.extracts_claim is not None  # the spec model requires it unless mode is none
+    container = _container(t, "sync", legacy_args(t), database_env(t), [],
+                           {"requests": {"cpu": "100m", "memory": "128Mi"},
+                            "limits": {"memory": "512Mi"}})
+    container["volumeMounts"].append({"name": "legacy", "mountPath": LEGACY_MOUNT})
+    pod = _pod_spec(t, container, restartPolicy="Never")
+    pod["volumes"].append({"name": "legacy", "persistentVolumeClaim": {
+        "claimName": legacy.extracts_claim}})
+    return {
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": _meta(t, legacy_cronjob_name(t), LEGACY),
+        "spec": {
+            "schedule": legacy.schedule,
+            "timeZone": t.spec.timezone,
+            "concurrencyPolicy": "Forbid",
+            # a run missed by up to an hour (controller down) still happens
+            "startingDeadlineSeconds": 3600,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": labels(t.name, LEGACY)},
+                "spec": {
+                    "backoffLimit": 2,
+                    "activeDeadlineSeconds": 4 * 3600,
+                    "podFailurePolicy": {"rules": [
+                        {"action": "FailJob", "onExitCodes": {
+                            "containerName": "sync", "operator": "In",
+                            "values": [LEGACY_EXTRACT_REFUSED]}},
+                        {"action": "Ignore", "onPodConditions": [
+                            {"type": "DisruptionTarget", "status": "True"}]},
+                    ]},
+                    "template": {
+                        "metadata": {"labels": labels(t.name, LEGACY)},
+                        "spec": pod,
+                    },
+                },
+            },
+        },
+    }
+
+
 # --------------------------------------------------------------------------- the rest
 
 
@@ -494,11 +565,14 @@ def tenant_children(t: TenantWorkload) -> list[Manifest]:
     Generated Secrets and the CloudNativePG Cluster are handled apart: the first must never be
     regenerated, the second may not be installed. The migration Job is applied only once the
     tenant's database resolves (a Job started earlier would spend its retries on nothing).
+    The legacy sync CronJob is there only while `legacy.mode` is not none.
     """
     children = [service_account(t), config_map(t), *network_policies(t), migration_job(t)]
     for component in Component:
         children += [deployment(t, component), service(t, component),
                      pod_disruption_budget(t, component)]
+    if t.spec.legacy.mode is not LegacyMode.NONE:
+        children.append(legacy_cronjob(t))
     return children
 
 

@@ -35,10 +35,15 @@ TENANT_API_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 
 def owner_tenant(body: kopf.Body) -> str | None:
-    """Name of the Tenant that controls a child object, if any."""
-    for ref in body.get("metadata", {}).get("ownerReferences") or ():
+    """Name of the Tenant that controls a child object, if any: its owner, or for a Job of the
+    legacy sync CronJob (owned by the CronJob), the tenant label the Job template carries."""
+    metadata = body.get("metadata", {})
+    for ref in metadata.get("ownerReferences") or ():
         if ref.get("kind") == "Tenant" and ref.get("apiVersion") == TENANT_API_VERSION:
             return str(ref["name"])
+        if ref.get("kind") == "CronJob":
+            tenant = (metadata.get("labels") or {}).get(manifests.TENANT_LABEL)
+            return str(tenant) if tenant else None
     return None
 
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from tollgate_core import catalog_service
 from tollgate_core.resources import TenantSpec
 from tollgate_core.resources.common import describe_validation_error
-from tollgate_core.resources.tenant import DatabaseMode, DeletionPolicy
+from tollgate_core.resources.tenant import DatabaseMode, DeletionPolicy, LegacyMode
 from tollgate_core.store import catalog_repo
 from tollgate_core.store.db import Pool, tenant_tx
 from tollgate_operator import manifests
@@ -41,9 +41,11 @@ from tollgate_operator.settings import Settings
 FAILURES = frozenset({Reason.INVALID_SPEC, Reason.CNPG_NOT_INSTALLED, Reason.SECRET_NOT_FOUND,
                       Reason.SECRET_KEY_MISSING, Reason.MIGRATION_FAILED,
                       Reason.DATABASE_UNREACHABLE, Reason.CLUSTER_REJECTED,
-                      Reason.APP_ROLE_FAILED})
+                      Reason.APP_ROLE_FAILED, Reason.LEGACY_SYNC_FAILED})
 READINESS = (ConditionType.DATABASE_READY, ConditionType.CHARGING_READY,
              ConditionType.BILLING_READY, ConditionType.API_READY, ConditionType.CATALOG_SYNCED)
+"""What Ready waits for. Not LegacySynced: a sync runs on its schedule (a new Tenant would wait
+a day), and a failed one needs a person but stops no charging; it warns instead."""
 
 
 class Phase:
@@ -88,6 +90,46 @@ def migration_condition(job: Mapping[str, Any]) -> Condition:
                          f"schema migrated by Job {name}")
     return Condition(ConditionType.DATABASE_READY, Status.FALSE, Reason.MIGRATION_RUNNING,
                      f"waiting for Job {name} to migrate the schema")
+
+
+def _is_true(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> bool:
+    condition = find(conditions, type_)
+    return condition is not None and condition.get("status") == "True"
+
+
+def legacy_condition(jobs: Sequence[Mapping[str, Any]], t: TenantWorkload) -> Condition:
+    """LegacySynced from the Jobs of the legacy sync CronJob: the last finished one decides
+    (a run in progress does not hide how the previous one ended)."""
+    cronjob, legacy = manifests.legacy_cronjob_name(t), t.spec.legacy
+
+    def created(job: Mapping[str, Any]) -> str:
+        return str((job.get("metadata") or {}).get("creationTimestamp") or "")
+
+    finished = [j for j in jobs if _is_true((j.get("status") or {}).get("conditions"),
+                                            "Complete")
+                or _is_true((j.get("status") or {}).get("conditions"), "Failed")]
+    if finished:
+        job = max(finished, key=created)
+        name, status = job["metadata"]["name"], job.get("status") or {}
+        if _is_true(status.get("conditions"), "Complete"):
+            return Condition(ConditionType.LEGACY_SYNCED, Status.TRUE, Reason.SYNCED,
+                             f"Job {name} of CronJob {cronjob} completed at "
+                             f"{status.get('completionTime', '?')}")
+        failed = find(status.get("conditions"), "Failed") or {}
+        return Condition(ConditionType.LEGACY_SYNCED, Status.FALSE, Reason.LEGACY_SYNC_FAILED,
+                         f"Job {name} of CronJob {cronjob} failed: "
+                         f"{failed.get('message') or failed.get('reason')} (exit code "
+                         f"{manifests.LEGACY_EXTRACT_REFUSED}: an extract was refused, see "
+                         f"inbox/failed/ and reports/ on PersistentVolumeClaim "
+                         f"{legacy.extracts_claim}; otherwise the Job's log says why)")
+    running = [j for j in jobs if (j.get("status") or {}).get("active")]
+    if running:
+        return Condition(ConditionType.LEGACY_SYNCED, Status.UNKNOWN, Reason.LEGACY_SYNC_RUNNING,
+                         f"Job {max(running, key=created)['metadata']['name']} of CronJob "
+                         f"{cronjob} is running")
+    return Condition(ConditionType.LEGACY_SYNCED, Status.UNKNOWN, Reason.LEGACY_SYNC_SCHEDULED,
+                     f"CronJob {cronjob} has not run yet (schedule '{legacy.schedule}', "
+                     f"{t.spec.timezone})")
 
 
 def ready_condition(observed: Sequence[Condition]) -> Condition:
@@ -180,10 +222,17 @@ class TenantController:
             deployment = applied[("Deployment", manifests.workload_name(t, component))]
             observed.append(workload_condition(deployment, component))
         observed.append(ready_condition(observed))
+        legacy = await self._legacy(t, previous, generation)
+        if legacy is not None:
+            observed.append(legacy)
+        conditions = merge_conditions(previous.get("conditions"), observed, generation)
+        if legacy is None:  # legacy.mode none: no such condition
+            conditions = [c for c in conditions
+                          if c.get("type") != ConditionType.LEGACY_SYNCED]
 
         status: dict[str, Any] = {
             "phase": phase_of(observed, previous.get("phase")),
-            "conditions": merge_conditions(previous.get("conditions"), observed, generation),
+            "conditions": conditions,
             "observedGeneration": generation,
             "endpoints": {"graphql": manifests.graphql_endpoint(t)},
         }
@@ -226,6 +275,22 @@ class TenantController:
         applied = {(m["kind"], m["metadata"]["name"]): result
                    for m, result in zip([*first, *rest], results, strict=True)}
         return applied, (await self._apply_cluster(t) if managed else None)
+
+    async def _legacy(self, t: TenantWorkload, previous: Mapping[str, Any],
+                      generation: int) -> Condition | None:
+        """LegacySynced while `legacy.mode` is mirror or reconcile (the CronJob is applied with
+        the other children); with none, the CronJob is deleted (its Jobs by cascade) when the
+        spec changed or a LegacySynced condition says it may still be there."""
+        if t.spec.legacy.mode is LegacyMode.NONE:
+            stale = find(previous.get("conditions"), ConditionType.LEGACY_SYNCED) is not None
+            if stale or previous.get("observedGeneration") != generation:
+                await self._kube.delete("batch/v1", "CronJob", t.namespace,
+                                        manifests.legacy_cronjob_name(t))
+            return None
+        selector = ",".join(f"{k}={v}" for k, v in manifests.selector_labels(
+            t.name, manifests.LEGACY).items())
+        return legacy_condition(await self._kube.list("batch/v1", "Job", t.namespace, selector),
+                                t)
 
     async def _apply_cluster(self, t: TenantWorkload) -> str | None:
         """Apply the CloudNativePG Cluster, whose schema is CloudNativePG's, not ours.

@@ -534,7 +534,8 @@ def test_operator_may_manage_tenant_workloads_only_in_tenant_namespaces(
 ) -> None:
     c, user = rbac_applied, _operator(rbac_applied, mode)
     children = [("", "serviceaccounts"), ("", "configmaps"), ("", "secrets"), ("", "services"),
-                ("apps", "deployments"), ("batch", "jobs"), ("policy", "poddisruptionbudgets"),
+                ("apps", "deployments"), ("batch", "jobs"), ("batch", "cronjobs"),
+                ("policy", "poddisruptionbudgets"),
                 ("networking.k8s.io", "networkpolicies"), ("postgresql.cnpg.io", "clusters")]
     for market in MARKETS:
         namespace = c.namespace(market)

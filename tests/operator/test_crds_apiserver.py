@@ -184,6 +184,13 @@ CEL_CASES: list[tuple[str, Callable[[Document], None], str]] = [
                                       "jwks": '{"keys": [{"kty": "EC"}]}',
                                       "jwksUri": "https://login.example.com/jwks"}),
      "exactly one of api.auth.jwks and api.auth.jwksUri is required"),
+    ("Tenant", _set("spec.legacy", {"mode": "reconcile"}),
+     "legacy.extractsClaim is required when legacy.mode is mirror or reconcile"),
+    ("Tenant", _set("spec.legacy", {"mode": "mirror", "extractsClaim": "legacy-files",
+                                    "schedule": "15 4 * *"}),
+     "legacy.schedule must be a cron expression: five fields (minute hour day-of-month month "
+     "day-of-week, e.g. '15 4 * * *') or one of @yearly, @annually, @monthly, @weekly, "
+     "@daily, @midnight, @hourly"),
     ("PartnerAgreement", _set("spec.partner.settlementCurrency", "XYZ"),
      "must be an ISO 4217 currency code (e.g. EUR)"),
     ("PartnerAgreement", _api_tiers({"from": 0, "pricePerCall": "0.001"},

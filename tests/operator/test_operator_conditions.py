@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.operator.operator_fixtures import offer_document
+from tests.operator.operator_fixtures import offer_document, tenant_workload
 from tollgate_core.resources import OfferSpec
 from tollgate_operator.catalog_logic import (
     Verdict,
@@ -24,7 +24,10 @@ from tollgate_operator.conditions import (
 )
 from tollgate_operator.manifests import Component
 from tollgate_operator.tenant_logic import (
+    FAILURES,
+    READINESS,
     Phase,
+    legacy_condition,
     migration_condition,
     phase_of,
     ready_condition,
@@ -198,3 +201,44 @@ def test_a_spec_the_models_refuse_is_invalid_for_good_with_field_paths() -> None
     assert outcome.status["validationErrors"] == list(verdict.errors)
     assert already_reconciled(outcome.status, 3, ConditionType.PUBLISHED, revalidate=True)
     assert not already_reconciled(outcome.status, 4, ConditionType.PUBLISHED, revalidate=True)
+
+
+def _sync_job(name: str, created: str, state: str | None, message: str = "",
+              active: int = 0) -> dict[str, Any]:
+    status: dict[str, Any] = {"active": active} if active else {}
+    if state is not None:
+        status["conditions"] = [{"type": state, "status": "True", "reason": "R",
+                                 "message": message}]
+        status["completionTime"] = "2026-03-01T04:16:00Z" if state == "Complete" else None
+    return {"metadata": {"name": name, "creationTimestamp": created}, "status": status}
+
+
+def test_legacy_synced_follows_the_last_finished_sync_job() -> None:
+    t = tenant_workload(legacy={"mode": "reconcile", "extractsClaim": "legacy-files"})
+    never = legacy_condition([], t)
+    assert (never.status, never.reason) == (Status.UNKNOWN, Reason.LEGACY_SYNC_SCHEDULED)
+    assert "'15 4 * * *', Europe/Berlin" in never.message
+    running = legacy_condition([_sync_job("de-legacy-1", "2026-03-01T04:15:00Z", None,
+                                          active=1)], t)
+    assert (running.status, running.reason) == (Status.UNKNOWN, Reason.LEGACY_SYNC_RUNNING)
+    ok = _sync_job("de-legacy-1", "2026-03-01T04:15:00Z", "Complete")
+    failed = _sync_job("de-legacy-2", "2026-03-02T04:15:00Z", "Failed",
+                       "Container sync for pod x failed with exit code 3 matching FailJob rule")
+    now_running = _sync_job("de-legacy-3", "2026-03-03T04:15:00Z", None, active=1)
+    synced = legacy_condition([ok], t)
+    assert (synced.status, synced.reason) == (Status.TRUE, Reason.SYNCED)
+    assert "de-legacy-1" in synced.message and "2026-03-01T04:16:00Z" in synced.message
+    verdict = legacy_condition([now_running, ok, failed], t)  # a run in progress hides nothing
+    assert (verdict.status, verdict.reason) == (Status.FALSE, Reason.LEGACY_SYNC_FAILED)
+    assert "de-legacy-2" in verdict.message and "exit code 3" in verdict.message
+    assert "PersistentVolumeClaim legacy-files" in verdict.message
+    assert Reason.LEGACY_SYNC_FAILED in FAILURES  # a Warning event when it starts failing
+
+
+def test_legacy_synced_never_holds_ready_back() -> None:
+    observed = [Condition(c, Status.TRUE, Reason.RECONCILED) for c in READINESS]
+    observed.append(Condition(ConditionType.LEGACY_SYNCED, Status.FALSE,
+                              Reason.LEGACY_SYNC_FAILED, "Job failed"))
+    ready = ready_condition(observed)
+    assert ready.is_true
+    assert phase_of([*observed, ready], Phase.READY) == Phase.READY

@@ -198,3 +198,89 @@ def test_partner_secret_is_owned_by_the_agreement() -> None:
     assert secret["metadata"]["ownerReferences"][0]["kind"] == "PartnerAgreement"
     assert secret["stringData"] == {"apiKey": "k"}
     assert secret["metadata"]["labels"]["app.kubernetes.io/instance"] == "de"
+
+
+# --------------------------------------------------------------------------- legacy sync
+
+LEGACY = {"mode": "reconcile", "extractsClaim": "legacy-files", "schedule": "30 3 * * *",
+          "toleranceMicros": 5000, "tolerancePpm": 100, "amountUnit": "minor"}
+
+
+def _legacy_pod(cronjob: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return pod
+
+
+def test_no_legacy_cronjob_unless_mirror_or_reconcile() -> None:
+    kinds = {c["kind"] for c in manifests.tenant_children(tenant_workload())}
+    assert "CronJob" not in kinds
+    mirror = tenant_workload(legacy={"mode": "mirror", "extractsClaim": "x"})
+    (cronjob,) = [c for c in manifests.tenant_children(mirror) if c["kind"] == "CronJob"]
+    assert cronjob["metadata"]["name"] == "de-legacy"
+    assert _legacy_pod(cronjob)["containers"][0]["args"] == [
+        "assurance", "sync", "--dir", "/legacy", "--unit", "micro"]
+
+
+def test_legacy_cronjob_runs_the_sync_once_at_a_time_in_the_tenants_zone() -> None:
+    t = tenant_workload(name="de", legacy=LEGACY)
+    cronjob = manifests.legacy_cronjob(t)
+    spec = cronjob["spec"]
+    assert (spec["schedule"], spec["timeZone"], spec["concurrencyPolicy"]) == (
+        "30 3 * * *", "Europe/Berlin", "Forbid")
+    assert spec["jobTemplate"]["metadata"]["labels"] == manifests.labels("de", "legacy-sync")
+    job = spec["jobTemplate"]["spec"]
+    assert job["template"]["metadata"]["labels"] == manifests.labels("de", "legacy-sync")
+    refused, drained = job["podFailurePolicy"]["rules"]
+    assert refused == {"action": "FailJob", "onExitCodes": {
+        "containerName": "sync", "operator": "In", "values": [3]}}
+    assert drained["action"] == "Ignore"
+    pod = _legacy_pod(cronjob)
+    (container,) = pod["containers"]
+    assert container["image"] == t.image and container["command"] == ["tollgate"]
+    assert container["args"] == ["assurance", "sync", "--dir", "/legacy", "--unit", "minor",
+                                 "--reconcile", "--tolerance-micros", "5000",
+                                 "--tolerance-ppm", "100"]
+    assert {"name": "legacy", "mountPath": "/legacy"} in container["volumeMounts"]
+    assert {"name": "legacy", "persistentVolumeClaim": {"claimName": "legacy-files"}} in (
+        pod["volumes"])
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == "de-tollgate"
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_legacy_sync_is_wired_like_the_workloads_and_follows_the_restricted_standard() -> None:
+    for database in ({"mode": "external", "secretRef": "de-db"}, {"mode": "managed"}):
+        t = tenant_workload(legacy=LEGACY, database=database)
+        pod = _legacy_pod(manifests.legacy_cronjob(t))
+        (container,) = pod["containers"]
+        charging = manifests.deployment(t, Component.CHARGING)["spec"]["template"]["spec"][
+            "containers"][0]
+        # the application role (never the schema owner), tenant and NATS from the ConfigMap
+        assert container["env"] == charging["env"]
+        assert "TOLLGATE_OWNER_DATABASE_URL" not in _env(container)
+        assert container["envFrom"] == charging["envFrom"]
+        assert pod["securityContext"] == manifests.pod_security_context()
+        assert container["securityContext"] == manifests.container_security_context()
+        assert container["resources"]["limits"]["memory"]
+        assert container["resources"]["requests"]["cpu"]
+
+
+def test_legacy_sync_pods_are_under_the_tenants_network_policies() -> None:
+    """Default deny selects them; the egress allow lets them reach PostgreSQL and NATS (the
+    claim is storage, mounted by the kubelet: no network policy applies to it)."""
+    t = tenant_workload(legacy=LEGACY)
+    pod_labels = manifests.legacy_cronjob(t)["spec"]["jobTemplate"]["spec"]["template"][
+        "metadata"]["labels"]
+    policies = {p["metadata"]["name"]: p["spec"] for p in manifests.network_policies(t)}
+    for name in ("de-default-deny", "de-allow-egress"):
+        assert policies[name]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    ports = {p["port"] for rule in policies["de-allow-egress"]["egress"] for p in rule["ports"]}
+    assert {5432, 4222} <= ports
+
+
+def test_legacy_cronjob_is_owned_and_its_name_fits() -> None:
+    t = tenant_workload(name="t" * manifests.MAX_TENANT_NAME, uid=UID, legacy=LEGACY)
+    cronjob = manifests.legacy_cronjob(t)
+    assert cronjob["metadata"]["ownerReferences"][0]["uid"] == UID
+    # the CronJob controller names Jobs `<cronjob>-<minutes since epoch>` (11 more characters)
+    assert len(cronjob["metadata"]["name"]) + 11 <= 63

@@ -68,6 +68,7 @@ MODES = ("cluster-wide", "namespaced")
 PERMISSION = re.compile(r"\b403\b|forbidden|not enough permissions", re.IGNORECASE)
 HANDLER_FAILURE = re.compile(r"failed with an exception|failed permanently")
 NAMESPACE_IN_PATH = re.compile(r"/namespaces/([a-z0-9-]+)/")
+LEGACY = {"mode": "reconcile", "extractsClaim": "legacy-files"}
 
 Document = dict[str, Any]
 
@@ -276,6 +277,8 @@ def _children(tenant: str, namespace: str) -> list[str]:
     for component in ("charging", "billing", "api"):
         paths += [f"{apps}/deployments/{tenant}-{component}",
                   f"{core}/services/{tenant}-{component}", f"{policy}/{tenant}-{component}"]
+    # legacy.mode reconcile (LEGACY below): the sync CronJob, whose Jobs the operator lists
+    paths.append(f"/apis/batch/v1/namespaces/{namespace}/cronjobs/{tenant}-legacy")
     return paths
 
 
@@ -326,7 +329,7 @@ async def test_operator_converges_under_the_charts_service_account_and_rbac(
         print(f"\n[timing] {inst.mode}: operator ready in {time.monotonic() - started:.2f}s")
 
         started = time.monotonic()
-        create(cp, tenant_document(tenant_name, ns))
+        create(cp, tenant_document(tenant_name, ns, legacy=LEGACY))
         paths = _children(tenant_name, ns)
         await eventually(lambda: all(get(cp, p) for p in paths), "all children exist", 30)
         print(f"[timing] {inst.mode}: Tenant -> children in {time.monotonic() - started:.2f}s")

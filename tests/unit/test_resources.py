@@ -13,10 +13,14 @@ from tollgate_core.resources import (
     OfferStatus,
     PartnerAgreement,
     ResourceError,
+    Tenant,
     TenantPhase,
+    TenantSpec,
     TenantStatus,
     parse_resource,
 )
+from tollgate_core.resources.crd import KINDS, crd
+from tollgate_core.resources.tenant import CRON_MESSAGE, CRON_REGEX
 
 PARTNER: dict[str, Any] = {
     "apiVersion": "bss.tollgate.dev/v1alpha1", "kind": "PartnerAgreement",
@@ -133,6 +137,56 @@ def test_tenant_taxes_refuse_a_repeated_category() -> None:
                     "taxes": [{"category": "standard", "rate": "19"}] * 2}}
     assert any(e.startswith("spec.taxes:") and "category='standard' appears twice" in e
                for e in _errors(doc))
+
+
+def _tenant(legacy: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "bss.tollgate.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "xx"},
+            "spec": {"market": "DE", "currency": "EUR", "legacy": legacy}}
+
+
+def test_legacy_mirror_or_reconcile_needs_a_claim_and_a_valid_schedule() -> None:
+    tenant = parse_resource(_tenant({"mode": "reconcile", "extractsClaim": "legacy-files",
+                                     "tolerancePpm": 50}))
+    assert isinstance(tenant, Tenant)
+    legacy = tenant.spec.legacy
+    assert (legacy.schedule, legacy.amount_unit, legacy.tolerance_micros,
+            legacy.tolerance_ppm) == ("15 4 * * *", "micro", 0, 50)
+    assert parse_resource(_tenant({})) is not None  # mode none needs nothing
+    # tenants stored in the database before the schedule had a default
+    stored = TenantSpec.model_validate({"market": "DE", "currency": "EUR",
+                                        "legacy": {"mode": "none", "schedule": None}})
+    assert stored.legacy.schedule == "15 4 * * *"
+    errors = _errors(_tenant({"mode": "mirror"}))
+    assert any(e.startswith("spec.legacy:") and "legacy.extractsClaim is required when "
+               "legacy.mode is mirror or reconcile" in e for e in errors), errors
+    for schedule, problem in [("15 4 * *", "five fields"), ("60 4 * * *", "five fields"),
+                              ("@DAILY", "five fields"), ("TZ=UTC 0 0 * * *", "five fields"),
+                              ("5-1 * * * *", "range '5-1' runs backwards"),
+                              ("*/0 * * * *", "steps by 0")]:
+        errors = _errors(_tenant({"mode": "mirror", "extractsClaim": "x",
+                                  "schedule": schedule}))
+        assert any(e.startswith("spec.legacy.schedule:") and problem in e for e in errors), (
+            schedule, errors)
+    for schedule in ("*/15 * * * *", "@hourly", "0 3 1-7 * MON", "30 1 ? JAN-jun 1,3,5"):
+        assert parse_resource(_tenant({"mode": "mirror", "extractsClaim": "x",
+                                       "schedule": schedule})) is not None
+    errors = _errors(_tenant({"mode": "mirror", "extractsClaim": "Not_A_Claim"}))
+    assert any(e.startswith("spec.legacy.extractsClaim:") for e in errors), errors
+    errors = _errors(_tenant({"mode": "reconcile", "extractsClaim": "x", "tolerancePpm": -1}))
+    assert any(e.startswith("spec.legacy.tolerancePpm:") for e in errors), errors
+
+
+def test_the_crd_runs_the_legacy_rules_with_the_same_messages() -> None:
+    schema = crd(KINDS[0])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    legacy = schema["properties"]["spec"]["properties"]["legacy"]
+    assert legacy["x-kubernetes-validations"] == [{
+        "rule": "self.mode == 'none' || has(self.extractsClaim)",
+        "message": "legacy.extractsClaim is required when legacy.mode is mirror or reconcile"}]
+    (rule,) = legacy["properties"]["schedule"]["x-kubernetes-validations"]
+    assert rule["rule"] == f"self.matches('{CRON_REGEX}')"
+    assert rule["message"] == CRON_MESSAGE
+    assert "\\" not in rule["rule"] and "'" not in CRON_REGEX  # a plain CEL string literal
 
 
 def test_one_usage_price_per_service_and_thresholds_name_an_allowance() -> None:

@@ -101,18 +101,34 @@ class LegacyTotal:
     amount: int  # in the file's amount unit
 
 
-def amount_column(unit: AmountUnit) -> str:
-    return next(name for name, u in AMOUNT_COLUMNS.items() if u is unit)
+def amount_column(unit: AmountUnit, prefix: str = "amount") -> str:
+    return f"{prefix}_{'micros' if unit is AmountUnit.MICRO else 'minor'}"
+
+
+def records_header(unit: AmountUnit) -> list[str]:
+    return [*RECORD_COLUMNS[:7], amount_column(unit), "currency"]
+
+
+def record_row(r: LegacyRecord) -> list[object]:
+    return [r.legacy_record_id, r.event_id, r.account_id, r.subscriber, r.service,
+            r.event_time.isoformat(), r.units, r.amount, r.currency]
+
+
+def totals_header(unit: AmountUnit) -> list[str]:
+    return ["account_id", "day", "currency", "record_count", amount_column(unit)]
+
+
+def total_row(t: LegacyTotal) -> list[object]:
+    return [t.account_id, t.day.isoformat(), t.currency, t.record_count, t.amount]
 
 
 def write_records(path: Path, records: Iterable[LegacyRecord], unit: AmountUnit) -> int:
     count = 0
     with path.open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle, lineterminator="\n")
-        out.writerow([*RECORD_COLUMNS[:7], amount_column(unit), "currency"])
+        out.writerow(records_header(unit))
         for r in records:
-            out.writerow([r.legacy_record_id, r.event_id, r.account_id, r.subscriber, r.service,
-                          r.event_time.isoformat(), r.units, r.amount, r.currency])
+            out.writerow(record_row(r))
             count += 1
     return count
 
@@ -121,9 +137,42 @@ def write_totals(path: Path, totals: Iterable[LegacyTotal], unit: AmountUnit) ->
     count = 0
     with path.open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle, lineterminator="\n")
-        out.writerow(["account_id", "day", "currency", "record_count", amount_column(unit)])
+        out.writerow(totals_header(unit))
         for t in totals:
-            out.writerow([t.account_id, t.day.isoformat(), t.currency, t.record_count,
-                          t.amount])
+            out.writerow(total_row(t))
             count += 1
     return count
+
+
+# --------------------------------------------------------------------------- mirrored documents
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyDocument:
+    """An invoice or prepaid statement as mirrored to the legacy system (amounts in the file's
+    unit; documents are rounded to the minor unit, so either unit is exact)."""
+
+    document_id: str
+    kind: str  # invoice | statement
+    number: str
+    account_id: str
+    bill_date: date
+    period_start: date
+    period_end: date  # exclusive
+    due_date: date | None
+    currency: str
+    net: int
+    tax: int
+    total: int
+
+
+def documents_header(unit: AmountUnit) -> list[str]:
+    return ["document_id", "kind", "number", "account_id", "bill_date", "period_start",
+            "period_end", "due_date", "currency", amount_column(unit, "net"),
+            amount_column(unit, "tax"), amount_column(unit, "total")]
+
+
+def document_row(d: LegacyDocument) -> list[object]:
+    return [d.document_id, d.kind, d.number, d.account_id, d.bill_date.isoformat(),
+            d.period_start.isoformat(), d.period_end.isoformat(),
+            d.due_date.isoformat() if d.due_date else "", d.currency, d.net, d.tax, d.total]

@@ -81,7 +81,8 @@ class TenantStatus(Spec):
     phase: TenantPhase | None = Field(
         default=None, description="Pending, Provisioning, Ready, Degraded or Deleting.")
     conditions: Conditions = _conditions(
-        "Ready, DatabaseReady, ChargingReady, BillingReady, ApiReady, CatalogSynced")
+        "Ready, DatabaseReady, ChargingReady, BillingReady, ApiReady, CatalogSynced; "
+        "LegacySynced while legacy.mode is mirror or reconcile (not part of Ready)")
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation the operator last reconciled.")
     endpoints: Endpoints | None = Field(default=None, description="Where the tenant is reached.")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -18,6 +19,7 @@ from tollgate_core.resources.common import (
     Percent,
     Resource,
     Spec,
+    validations,
 )
 
 
@@ -112,15 +114,138 @@ class EventsSpec(Spec):
     url: str = Field(default="nats://nats:4222", description="NATS URL.")
 
 
-class LegacySpec(Spec):
-    """Integration with the legacy system of record."""
+LEGACY_SCHEDULE_DEFAULT = "15 4 * * *"
+"""04:15 in the tenant's time zone: after midnight's usage has settled, and outside the hours
+in which daylight saving time skips or repeats a time (01:00-03:00 in most zones)."""
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_WEEKDAYS = "sun|mon|tue|wed|thu|fri|sat"
+# (name, values as a regex, lowest, highest, names for 1.. or 0.., "?" allowed)
+_CRON_FIELDS: tuple[tuple[str, str, int, int, str, bool], ...] = (
+    ("minute", "[0-5]?[0-9]", 0, 59, "", False),
+    ("hour", "[01]?[0-9]|2[0-3]", 0, 23, "", False),
+    ("day of month", "0?[1-9]|[12][0-9]|3[01]", 1, 31, "", True),
+    ("month", f"0?[1-9]|1[0-2]|{_MONTHS}", 1, 12, _MONTHS, False),
+    ("day of week", f"[0-6]|{_WEEKDAYS}", 0, 6, _WEEKDAYS, True),
+)
+_CRON_MACROS = ("yearly", "annually", "monthly", "weekly", "daily", "midnight", "hourly")
 
-    mode: Literal["none", "mirror", "reconcile"] = Field(
-        default="none",
+
+def _cron_field_regex(values: str, question: bool) -> str:
+    element = f"([*]{'|[?]' if question else ''}|({values})(-({values}))?)(/[0-9]{{1,2}})?"
+    return f"{element}(,{element})*"
+
+
+# Written without backslashes, so the same text is a Python regex and a CEL string literal.
+# Names of months and days in any case, as the CronJob controller reads them; macros in lower
+# case only, likewise.
+CRON_REGEX = ("^(@(" + "|".join(_CRON_MACROS) + ")|(?i:"
+              + "[ ]+".join(f"({_cron_field_regex(v, q)})" for _, v, _, _, _, q in _CRON_FIELDS)
+              + "))$")
+CRON_MESSAGE = ("legacy.schedule must be a cron expression: five fields (minute hour "
+                "day-of-month month day-of-week, e.g. '15 4 * * *') or one of "
+                + ", ".join(f"@{m}" for m in _CRON_MACROS))
+_CRON = re.compile(CRON_REGEX)
+# At admission, CEL runs the same regex (the ranges and steps check_cron adds are for the model).
+_CRON_SCHEMA: dict[str, Any] = {"x-kubernetes-validations": validations([
+    Cel(f"self.matches('{CRON_REGEX}')", CRON_MESSAGE)])}
+
+
+def _cron_value(text: str, names: str, low: int) -> int:
+    named = names.split("|") if names else []
+    return named.index(text.lower()) + low if text.lower() in named else int(text)
+
+
+def check_cron(schedule: str) -> str:
+    """The schedule, when Kubernetes' CronJob controller accepts it (robfig/cron's standard
+    parser): the shape (also checked at admission by CEL), then what a regex cannot check —
+    ranges that run backwards and zero steps."""
+    if not _CRON.match(schedule):
+        raise ValueError(f"{CRON_MESSAGE}; got {schedule!r}")
+    if schedule.startswith("@"):
+        return schedule
+    for (name, _, low, _, names, _), field in zip(_CRON_FIELDS, schedule.split(), strict=True):
+        for element in field.split(","):
+            span, _, step = element.partition("/")
+            if step and int(step) == 0:
+                raise ValueError(f"legacy.schedule: the {name} field steps by 0 in {element!r}")
+            first, _, last = span.partition("-")
+            if last and _cron_value(first, names, low) > _cron_value(last, names, low):
+                raise ValueError(f"legacy.schedule: the {name} range {span!r} runs backwards")
+    return schedule
+
+
+class LegacyMode(StrEnum):
+    NONE = "none"
+    MIRROR = "mirror"
+    RECONCILE = "reconcile"
+
+
+# On `schedule`, the operator's CronJob `<tenant>-legacy` runs `tollgate assurance sync`: it
+# mirrors Tollgate's rated usage and invoices into the claim's outbox/ and, in reconcile mode,
+# reconciles the extracts found in its inbox/ (docs/legacy-feed.md, ADR 0017).
+class LegacySpec(Spec):
+    """Integration with the legacy system of record (docs/legacy-feed.md)."""
+
+    mode: LegacyMode = Field(
+        default=LegacyMode.NONE,
         description="none: no legacy system; mirror: copy rated usage and invoices to it; "
         "reconcile: also compare against its extracts on `schedule`.",
     )
-    schedule: str | None = Field(default=None, description="Cron schedule of reconciliation.")
+    schedule: str = Field(
+        default=LEGACY_SCHEDULE_DEFAULT, min_length=1, max_length=100,
+        description="Cron schedule of the sync, in the tenant's time zone (five fields, or "
+        "@hourly, @daily, ...). Default: 04:15 every day.",
+        json_schema_extra=_CRON_SCHEMA,
+    )
+    extracts_claim: str | None = Field(
+        default=None, max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="PersistentVolumeClaim in the Tenant's namespace shared with the legacy "
+        "system's file gateway (ReadWriteMany): extracts are dropped in inbox/, mirrored files "
+        "are written to outbox/, reconciliation reports to reports/. Required unless mode is "
+        "none.",
+    )
+    amount_unit: Literal["micro", "minor"] = Field(
+        default="micro",
+        description="Unit of the amounts in mirrored files: micro (10^-6 of the major unit, "
+        "Tollgate's own) or minor (the currency's minor unit, rounded half-even).",
+    )
+    tolerance_micros: int = Field(
+        default=0, ge=0, le=1_000_000_000_000,
+        description="Reconciliation: amount differences up to this many micro-units are no "
+        "variance (a difference must exceed this and `tolerancePpm`).",
+    )
+    tolerance_ppm: int = Field(
+        default=0, ge=0, le=1_000_000,
+        description="Reconciliation: nor are differences up to this many millionths of "
+        "Tollgate's amount.",
+    )
+
+    cel_rules: ClassVar[tuple[Cel, ...]] = (
+        Cel("self.mode == 'none' || has(self.extractsClaim)",
+            "legacy.extractsClaim is required when legacy.mode is mirror or reconcile"),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_without_schedule(cls, data: object) -> object:
+        """Specs stored before the schedule had a default carry `schedule: null` (tenants in
+        the database are model dumps): that is the default schedule."""
+        if isinstance(data, dict) and "schedule" in data and data["schedule"] is None:
+            data = {k: v for k, v in data.items() if k != "schedule"}
+        return data
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return check_cron(value)
+
+    @model_validator(mode="after")
+    def _claim_unless_none(self) -> LegacySpec:
+        if self.mode is not LegacyMode.NONE and not self.extracts_claim:
+            raise ValueError("legacy.extractsClaim is required when legacy.mode is mirror or "
+                             "reconcile")
+        return self
 
 
 # JWK members that only a private (or symmetric) key has: they must never sit in a spec.
