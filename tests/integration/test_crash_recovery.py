@@ -81,7 +81,8 @@ def start_engine(servers: Servers, tenant: str, log: Path) -> subprocess.Popen[b
             [str(TOLLGATE), "charging", "--tenant", tenant, "--batch-max", "500"],
             stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "TOLLGATE_DATABASE_URL": servers.app_dsn,
-                 "TOLLGATE_NATS_URL": servers.nats_url, "TOLLGATE_LOG_LEVEL": "WARNING"})
+                 "TOLLGATE_NATS_URL": servers.nats_url, "TOLLGATE_LOG_LEVEL": "WARNING",
+                 "TOLLGATE_METRICS_PORT": "0"})  # no port to share with other processes
 
 
 async def backlog(nc: Client, tenant: str) -> int:

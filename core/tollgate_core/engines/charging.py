@@ -1,8 +1,10 @@
 """Offline charging: pull usage from JetStream, rate a batch in one transaction, then ack.
 
-Exactly-once: each event's id is claimed in the `inbox` table in the same transaction as its
-rated record and ledger transfers, and messages are acked only after commit. A crash before
-commit redelivers and re-rates from scratch; a crash after commit redelivers into an inbox hit.
+Exactly-once (ADR 0004): each event is claimed in the same transaction as its effects, and
+messages are acked only after commit. A rated event's claim is its rated record (primary key:
+the event id); a dead-lettered event's is an `inbox` row. A crash before commit redelivers and
+re-rates from scratch; a crash after commit redelivers events that are claimed already: the
+batch rolls back at the claim, before any of its other writes, and is rated again without them.
 """
 
 from __future__ import annotations
@@ -56,10 +58,12 @@ from tollgate_core.store.db import Connection, Pool, tenant_tx
 from tollgate_core.store.rating_repo import (
     AccountState,
     ActiveSubscription,
+    AlreadyHandled,
     BucketKey,
     BucketTerms,
     PaidKey,
     RatedRow,
+    RatedValues,
 )
 from tollgate_core.store.thresholds_repo import Crossing
 
@@ -111,7 +115,8 @@ class _Work:
     paid: dict[PaidKey, int] = field(default_factory=dict)
     balances: dict[str, AccountState] = field(default_factory=dict)
     balances_before: dict[str, AccountState] = field(default_factory=dict)
-    rated: list[RatedRow] = field(default_factory=list)
+    rated: list[RatedValues] = field(default_factory=list)
+    currency: str | None = None
     revenue: list[Revenue] = field(default_factory=list)
     """the rated records partner agreements may share"""
     transfers: list[Transfer] = field(default_factory=list)
@@ -143,6 +148,13 @@ class _Turn:
 
     def locked(self) -> None:
         self._locked.set()
+
+
+def _canonical(event_id: str) -> bool:
+    """Whether an id that parsed as a UUID is spelled as PostgreSQL prints it (lower case,
+    hyphens at 8-4-4-4-12)."""
+    return (len(event_id) == 36 and event_id[8] == event_id[13] == event_id[18]
+            == event_id[23] == "-" and event_id == event_id.lower())
 
 
 def message_key(msg: Message, index: int) -> str:
@@ -183,6 +195,8 @@ class ChargingEngine:
         for index, msg in enumerate(messages):
             try:
                 event = parse_usage_event(msg.data, self.tenant)
+                if not _canonical(event.id):  # one event, one key: the UUID's own text
+                    event = replace(event, id=str(uuid.UUID(event.id)))
                 key = event.id
                 parsed.setdefault(key, event)
             except UsageRejected as rejected:
@@ -191,15 +205,27 @@ class ChargingEngine:
             payloads.setdefault(key, msg)
         try:
             await turn.wait_previous()
-            for attempt in range(1, self.RETRIES_MAX + 1):
+            # First rate as if no event was handled before (nearly always so): the claims
+            # find out. When one was, roll back and rate again, looking the events up first.
+            careful = False
+            attempt = 0
+            while True:
+                attempt += 1
                 outcome = BatchOutcome()
                 try:
                     async with tenant_tx(self.pool, self.tenant) as conn:
                         work = await self._process(conn, parsed, payloads, len(messages),
-                                                   outcome, turn)
+                                                   outcome, turn, careful)
                     break
+                except AlreadyHandled:
+                    if careful and attempt >= self.RETRIES_MAX:
+                        raise
+                    if not careful:
+                        careful, attempt = True, attempt - 1  # a redelivery: not a retry
+                    log.info("batch holds events handled already, rating it again",
+                             tenant=self.tenant, attempt=attempt)
                 except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-                    if attempt == self.RETRIES_MAX:
+                    if attempt >= self.RETRIES_MAX:
                         raise
                     log.warning("batch rolled back, trying again", tenant=self.tenant,
                                 attempt=attempt)
@@ -217,17 +243,33 @@ class ChargingEngine:
 
     async def _process(self, conn: Connection, parsed: dict[str, UsageEvent | UsageRejected],
                        payloads: dict[str, Message], count: int, outcome: BatchOutcome,
-                       turn: _Turn) -> _Work:
+                       turn: _Turn, careful: bool) -> _Work:
         await self.catalog.refresh(conn)
-        fresh = await rating_repo.claim_inbox(conn, self.tenant, self.consumer, list(parsed))
-        outcome.duplicates = count - len(fresh)
-        events = [e for k, e in parsed.items() if k in fresh and isinstance(e, UsageEvent)]
+        handled = (await rating_repo.handled_events(conn, self.consumer, list(parsed))
+                   if careful else set())
+        events = [e for k, e in parsed.items() if k not in handled and isinstance(e, UsageEvent)]
         rejects = [(k, e) for k, e in parsed.items()
-                   if k in fresh and isinstance(e, UsageRejected)]
+                   if k not in handled and isinstance(e, UsageRejected)]
         work = await self._rate(conn, events, turn)
         work.rejects.extend(rejects)
+        await self._claim(conn, work)
         await self._write(conn, work, payloads, outcome)
+        outcome.duplicates = count - outcome.rated - outcome.dead_lettered
         return work
+
+    async def _claim(self, conn: Connection, work: _Work) -> None:
+        """Claim the batch's events, before any other write: the rated records (raises
+        AlreadyHandled if one was handled meanwhile), then the inbox rows of the events to
+        dead-letter (one handled meanwhile is dropped: nothing else depended on it)."""
+        if not work.rated and not work.rejects:
+            return
+        await rating_repo.lock_claims(conn, self.tenant, self.consumer,
+                                      exclusive=bool(work.rejects))
+        await rating_repo.insert_rated_claims(conn, self.tenant, self.consumer, work.rated)
+        if work.rejects:
+            claimed = await rating_repo.claim_rejects(conn, self.tenant, self.consumer,
+                                                      [key for key, _ in work.rejects])
+            work.rejects = [(key, r) for key, r in work.rejects if key in claimed]
 
     async def _rate(self, conn: Connection, events: list[UsageEvent], turn: _Turn) -> _Work:
         """Rate in three phases, each after the rows it reads are locked (in the lock order
@@ -343,14 +385,20 @@ class ChargingEngine:
         plan, event = item.plan, item.event
         owner = plan.owner(item.subs)
         currency = plan.catalog.currency
-        row = RatedRow(
-            uuid.UUID(event.id), owner.subscription_id, owner.customer_id, event.service.value,
-            event.quantity, item.drawn, item.chargeable, item.amount, currency,
-            plan.tariff.price_name if plan.tariff else None, plan.revision, event.start_time,
-            item.applied)
-        work.rated.append(row)
+        # The record as the columns of its row (ids as text): no dataclass and no UUID object
+        # per event on this path; a RatedRow only where partners share the revenue.
+        price_name = plan.tariff.price_name if plan.tariff else None
+        work.rated.append((
+            event.id, str(owner.subscription_id), str(owner.customer_id), event.service.value,
+            event.quantity, item.drawn, item.chargeable, item.amount, currency, price_name,
+            plan.revision, event.start_time, item.applied))
+        work.currency = currency
         if plan.shared:  # accrue() looks at the records whose offer partners share only
-            work.revenue.append(accruals.revenue_of(row, owner.offer))
+            work.revenue.append(accruals.revenue_of(RatedRow(
+                uuid.UUID(event.id), owner.subscription_id, owner.customer_id,
+                event.service.value, event.quantity, item.drawn, item.chargeable, item.amount,
+                currency, price_name, plan.revision, event.start_time, item.applied),
+                owner.offer))
         if item.amount:
             self._charge(event.id, owner, item.amount, currency, work)
 
@@ -372,7 +420,6 @@ class ChargingEngine:
 
     async def _write(self, conn: Connection, work: _Work, payloads: dict[str, Message],
                      outcome: BatchOutcome) -> None:
-        await rating_repo.insert_rated(conn, self.tenant, work.rated)
         await rating_repo.save_allowances(
             conn, {k: work.allowances[k][1] for k in work.allowance_changed})
         await rating_repo.save_paid_usage(conn, {k: work.paid[k] for k in work.paid_changed})
@@ -393,7 +440,7 @@ class ChargingEngine:
         await outbox.enqueue(conn, [
             DomainEvent.new(self.tenant, "balance.updated", {
                 "customerId": account.removeprefix(customer_prefix), "balanceMicros": balance,
-                "currency": work.rated[0].currency if work.rated else None, "cause": "usage"})
+                "currency": work.currency, "cause": "usage"})
             for account, balance in sorted(balances.items())
             if account.startswith(customer_prefix)])
         outcome.rated = len(work.rated)

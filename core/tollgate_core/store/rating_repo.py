@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+import asyncpg
+
 from tollgate_core.domain.ledger import Transfer
 from tollgate_core.store.bulk import json_rows
 from tollgate_core.store.db import Connection
@@ -50,21 +52,119 @@ class RatedRow:
     price_factors: dict[str, str] = field(default_factory=dict)
 
 
-async def claim_inbox(conn: Connection, tenant: str, consumer: str,
-                      keys: Sequence[str]) -> set[str]:
-    """Record the keys as handled; return those not handled before (the new ones).
+RatedValues = tuple[str, str, str, str, int, int, int, int, str, str | None, int, datetime,
+                    dict[str, str]]
+"""A rated record as the values of its columns, in RatedRow's order, ids as canonical text
+(offline rating builds hundreds of them per batch)."""
 
-    Keys are claimed in sorted order: two batches claiming some of the same keys (a
-    redelivery while the first is still being rated) wait for each other, never deadlock."""
-    keys = list(keys)
-    # Nearly always every key is new: then only the count comes back, not each key.
-    claimed: list[str] | None = await conn.fetchval(
-        "WITH claimed AS (INSERT INTO inbox (tenant_id, consumer, event_id)"
-        "  SELECT $1, $2, k FROM jsonb_array_elements_text($3::text::jsonb) AS k ORDER BY k"
-        "  ON CONFLICT DO NOTHING RETURNING event_id)"
-        " SELECT CASE WHEN count(*) = $4 THEN NULL ELSE coalesce(array_agg(event_id), '{}') END"
-        " FROM claimed", tenant, consumer, json_rows(keys), len(keys))
-    return set(keys) if claimed is None else set(claimed)
+
+def _event_id(row: RatedValues) -> str:
+    return row[0]
+
+
+class AlreadyHandled(Exception):
+    """An event of the batch was rated or dead-lettered by another transaction meanwhile: the
+    batch must roll back and be rated again without it (offline rating, ADR 0004)."""
+
+
+_CLAIMS_LOCK_CLASS = 0x7011_C1A1
+"""First key of the advisory lock that orders rating against dead-lettering (second key: a
+hash of tenant and consumer)."""
+
+
+def _uuid_or_none(key: str) -> str | None:
+    try:
+        return str(uuid.UUID(key))
+    except ValueError:
+        return None
+
+
+async def handled_events(conn: Connection, consumer: str, keys: Sequence[str]) -> set[str]:
+    """The keys already handled: rated (a `rated_usage` row) or dead-lettered (an `inbox` row
+    of `consumer`). Keys that are not UUIDs (a message's Nats-Msg-Id) can only be in the
+    inbox; a UUID key is looked up in its canonical spelling too."""
+    if not keys:
+        return set()
+    canonical = {k: c for k in keys if (c := _uuid_or_none(k)) is not None}
+    rows = await conn.fetch(
+        "SELECT r.event_id::text FROM rated_usage r"
+        " WHERE r.event_id = ANY(SELECT k::uuid FROM jsonb_array_elements_text($1::text::jsonb)"
+        "  AS k)"
+        " UNION SELECT i.event_id FROM inbox i WHERE i.consumer = $2"
+        "  AND i.event_id = ANY(SELECT jsonb_array_elements_text($3::text::jsonb))",
+        json_rows(sorted(set(canonical.values()))), consumer,
+        json_rows(sorted(set(keys) | set(canonical.values()))))
+    found = {r[0] for r in rows}
+    return {k for k in keys if k in found or canonical.get(k) in found}
+
+
+async def lock_claims(conn: Connection, tenant: str, consumer: str, *, exclusive: bool
+                      ) -> None:
+    """Order this batch's claims against other transactions' (until commit).
+
+    An event is claimed in one of two unique keys: its rated record, or, when it is
+    dead-lettered, an inbox row. Two transactions handling the same event one way each
+    would not collide on either key, so whoever dead-letters takes this lock exclusively
+    and whoever rates takes it shared, each before looking for the other's claims: the
+    second to come waits for the first to commit, then sees its claim."""
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await conn.execute(f"SELECT {function}({_CLAIMS_LOCK_CLASS}, hashtext($1))",
+                       f"{tenant}/{consumer}")
+
+
+async def insert_rated_claims(conn: Connection, tenant: str, consumer: str,
+                              rows: Sequence[RatedValues]) -> None:
+    """Insert the rated records of offline rating; each is its event's claim.
+
+    Raises AlreadyHandled, leaving the transaction to be rolled back, if an event was rated
+    already (its primary key is taken: when another transaction is still rating it, this
+    waits for its outcome) or dead-lettered already (an inbox row of `consumer`). Run it
+    after `lock_claims` and before any other write of the batch. Rows go in in event id
+    order, so two batches with some of the same events never deadlock here. Ids are in
+    canonical form (lower-case 8-4-4-4-12), as the inbox keys are."""
+    if not rows:
+        return
+    ordered: list[RatedValues] = sorted(rows, key=_event_id)
+    try:
+        inserted = await conn.fetchval(
+            "WITH rated AS (INSERT INTO rated_usage (tenant_id, event_id, subscription_id,"
+            " customer_id, service, quantity, allowance_units, chargeable_units, amount_micros,"
+            " currency, price_name, catalog_revision, start_time, price_factors)"
+            " SELECT $1, (e->>0)::uuid, (e->>1)::uuid, (e->>2)::uuid, e->>3, (e->>4)::bigint,"
+            " (e->>5)::bigint, (e->>6)::bigint, (e->>7)::bigint, e->>8, e->>9, (e->>10)::int,"
+            " (e->>11)::timestamptz, e->12 FROM jsonb_array_elements($2::text::jsonb) AS e"
+            " WHERE NOT EXISTS (SELECT FROM inbox i WHERE i.tenant_id = $1"
+            "  AND i.consumer = $3 AND i.event_id = e->>0)"
+            " RETURNING 1) SELECT count(*) FROM rated",
+            tenant, json_rows(ordered), consumer)
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "rated_usage_pkey":
+            raise
+        raise AlreadyHandled(str(exc)) from exc
+    if inserted != len(rows):
+        raise AlreadyHandled("an event of the batch was dead-lettered already")
+
+
+async def claim_rejects(conn: Connection, tenant: str, consumer: str,
+                        keys: Sequence[str]) -> set[str]:
+    """Claim the keys of events about to be dead-lettered (inbox rows); return those
+    claimed now. A key already in the inbox, or the id of an event already rated, is left
+    out: it was handled. Run it after `lock_claims(exclusive=True)`."""
+    if not keys:
+        return set()
+    canonical = {k: c for k in keys if (c := _uuid_or_none(k)) is not None}
+    rated = {r[0] for r in await conn.fetch(
+        "SELECT r.event_id::text FROM rated_usage r"
+        " WHERE r.event_id = ANY(SELECT k::uuid FROM jsonb_array_elements_text($1::text::jsonb)"
+        "  AS k)", json_rows(sorted(set(canonical.values()))))} if canonical else set()
+    wanted = sorted(k for k in set(keys) if canonical.get(k) not in rated)
+    if not wanted:
+        return set()
+    claimed = await conn.fetch(
+        "INSERT INTO inbox (tenant_id, consumer, event_id)"
+        " SELECT $1, $2, k FROM jsonb_array_elements_text($3::text::jsonb) AS k ORDER BY k"
+        " ON CONFLICT DO NOTHING RETURNING event_id", tenant, consumer, json_rows(wanted))
+    return {r[0] for r in claimed}
 
 
 _ACTIVE_COLUMNS = ("s.subscription_id, s.customer_id, s.offer, s.subscriber, s.started_at,"

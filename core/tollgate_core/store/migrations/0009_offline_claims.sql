@@ -1,0 +1,12 @@
+-- Offline rating claims a rated event by its rated record (primary key: tenant, event id)
+-- instead of also writing an inbox row; only events it dead-letters get one (ADR 0004).
+--
+-- Foreign keys of rated_usage, checked row by row on every insert (each check a query of its
+-- own, about a tenth of a rating batch's PostgreSQL time apiece, bench/RESULTS.md):
+--   * (tenant_id, catalog_revision) → catalog_revisions stays: it is invariant 5 (every rated
+--     record names the revision that priced it, so the charge can be reproduced and re-rated).
+--   * tenant_id → tenants goes: it protected nothing the other key does not. A row's
+--     catalog revision belongs to the same tenant_id, and catalog_revisions.tenant_id
+--     references tenants, so the tenant exists while any of its rated records does; and
+--     row-level security (WITH CHECK) already confines tenant_id to the transaction's tenant.
+ALTER TABLE rated_usage DROP CONSTRAINT rated_usage_tenant_id_fkey;
