@@ -64,7 +64,10 @@ def engine(ctx: typer.Context, tenant: Tenant = "", database_url: DatabaseUrl = 
 def run_(tenant: Tenant, database_url: DatabaseUrl,
          period: Annotated[str, typer.Option(help="Bill period by its start month, YYYY-MM.")],
          batch: Annotated[int, typer.Option(min=1, max=10_000)] = 500) -> None:
-    """Bill every account for one period (resumable: run it again after a failure)."""
+    """Bill every account for one period (resumable: run it again after a failure).
+
+    An account is billed once the period has ended in its timezone; accounts whose period is
+    not over yet are left for a later run (or the billing engine)."""
     from tollgate_core.billing.run import bill_run
     from tollgate_core.domain.billing import period_starting_in
     from tollgate_core.store import catalog_repo
@@ -87,10 +90,14 @@ def run_(tenant: Tenant, database_url: DatabaseUrl,
         with Progress(*columns, console=console) as bar:
             task = bar.add_task(f"{bill_period.start}", total=total)
             result = await bill_run(pool, tenant, bill_period, batch=batch,
-                                    progress=lambda n: bar.advance(task, n))
+                                    progress=lambda n: bar.advance(task, n),
+                                    now=datetime.now(UTC))
         console.print(f"{result.documents} documents issued for {bill_period.start} to "
                       f"{bill_period.end} ({result.accounts_seen} accounts, "
                       f"{result.seconds:.1f} s)")
+        if result.waiting_zones:
+            console.print("not billed yet (the period has not ended in their timezone): "
+                          f"accounts in {', '.join(result.waiting_zones)}")
     _with_pool(database_url, work)
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tollgate_core.billing import payments
+from tollgate_core.domain.billing import is_timezone
 from tollgate_core.domain.care import (
     CHANNEL_PATTERN,
     CancelEffect,
@@ -61,7 +62,11 @@ async def _idempotent(conn: Connection, key: str, request: dict[str, Any],
 
 async def register_customer(pool: Pool, tenant: str, *, name: str, email: str,
                             payment_type: str, customer_type: str,
-                            idempotency_key: str) -> uuid.UUID:
+                            idempotency_key: str, timezone: str | None = None) -> uuid.UUID:
+    """`timezone`: the IANA timezone the account's bill cycle runs in (None: the tenant's)."""
+    if timezone is not None and not is_timezone(timezone):
+        raise Invalid("timezone must be an IANA timezone, e.g. Europe/Berlin",
+                      field="timezone")
     if payment_type not in ("prepaid", "postpaid"):
         raise Invalid("paymentType must be prepaid or postpaid", field="paymentType")
     if customer_type not in ("consumer", "business"):
@@ -76,11 +81,13 @@ async def register_customer(pool: Pool, tenant: str, *, name: str, email: str,
 
         async def run() -> dict[str, Any]:
             row = await accounts_repo.create_customer(conn, tenant, currency, name, email,
-                                                      customer_type, payment_type)
+                                                      customer_type, payment_type, timezone)
             return {"customerId": str(row.customer_id)}
 
         request = {"op": "registerCustomer", "name": name, "email": email,
                    "paymentType": payment_type, "customerType": customer_type}
+        if timezone is not None:  # absent as before: keys used before stay valid
+            request["timezone"] = timezone
         result = await _idempotent(conn, idempotency_key, request, run)
     return uuid.UUID(result["customerId"])
 
@@ -252,8 +259,10 @@ async def cancel_subscription(pool: Pool, tenant: str, *, subscription_id: uuid.
                 ending += [s for s in line.values() if s is not current and is_addon(s.offer)
                            and (immediate or s.ended_at is None)]
             now = datetime.now(UTC)
-            ends_at = now if immediate else bill_cycle_end(now, spec.billing.cycle_day,
-                                                           spec.timezone)
+            # the end of the account's bill cycle, in the timezone the account bills in
+            owner = await accounts_repo.get_customer(conn, current.customer_id)
+            zone = (owner.timezone if owner is not None else None) or spec.timezone
+            ends_at = now if immediate else bill_cycle_end(now, spec.billing.cycle_day, zone)
             ids = [s.subscription_id for s in ending]
             if immediate:
                 await care_repo.supersede_pending_orders(conn, tenant, ids)

@@ -4,7 +4,7 @@ and properties of the ledger legs a bill posts."""
 from __future__ import annotations
 
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tollgate_core.domain.billing import (
     AccountFacts,
     Accounts,
+    Bill,
     BillingTerms,
     BillPeriod,
     ChargedKey,
@@ -23,8 +24,15 @@ from tollgate_core.domain.billing import (
     UsageTotal,
     bill_account,
     bill_legs,
+    fee_for,
     finish_line,
+    has_ended,
+    is_timezone,
+    last_ended_period,
+    local_date,
+    local_midnight,
     period_containing,
+    periods_from,
 )
 from tollgate_core.domain.catalog import Catalog, compile_offer
 from tollgate_core.resources.offer import OfferSpec
@@ -47,8 +55,9 @@ def offer(name: str = "plan", amount: str = "20", timing: str = "inAdvance",
 
 
 def terms(catalog: Catalog, tax: TaxTerms = VAT19, period: BillPeriod = NOV,
-          currency: str = "EUR") -> BillingTerms:
-    return BillingTerms(currency, "Europe/Berlin", period, {1: catalog}, {tax.category: tax})
+          currency: str = "EUR", catch_up: tuple[BillPeriod, ...] = ()) -> BillingTerms:
+    return BillingTerms(currency, "Europe/Berlin", period, {1: catalog}, {tax.category: tax},
+                        catch_up)
 
 
 def sub(started: date, ended: date | None = None) -> SubscriptionTerms:
@@ -186,3 +195,176 @@ def test_legs_make_the_customer_owe_exactly_the_bill(
     assert all(m > 0 and d != c for d, c, m, _ in bill_legs(bill, ACCOUNTS))
     assert bill.total_micros == sum(ln.net_micros + ln.tax_micros for ln in bill.lines)
     assert all(ln.net_micros % 10_000 == 0 and ln.tax_micros % 10_000 == 0 for ln in bill.lines)
+
+
+# ----------------------------------------------------------------------------- account timezones
+
+MARCH = BillPeriod(date(2026, 3, 1), date(2026, 4, 1))  # 31 days; DST begins in both zones
+NEW_YORK = "America/New_York"
+BERLIN = "Europe/Berlin"
+
+
+def test_a_bill_cycle_starts_at_local_midnight_of_the_accounts_timezone() -> None:
+    # New York is on EST (UTC-5) on 1 March and on EDT (UTC-4) from 8 March; Berlin on CET
+    # (UTC+1) and CEST (UTC+2) from 29 March. March 2026 is 31 local days in both zones,
+    # 743 hours long in each (one hour lost to DST).
+    assert MARCH.instants(NEW_YORK) == (datetime(2026, 3, 1, 5, tzinfo=UTC),
+                                        datetime(2026, 4, 1, 4, tzinfo=UTC))
+    assert MARCH.instants(BERLIN) == (datetime(2026, 2, 28, 23, tzinfo=UTC),
+                                      datetime(2026, 3, 31, 22, tzinfo=UTC))
+    # A subscription started at 03:30 UTC on 15 March is in service from 14 March in New
+    # York (23:30 EDT) but from 15 March in Berlin (04:30 CET): 18 or 17 of 31 days.
+    started = datetime(2026, 3, 15, 3, 30, tzinfo=UTC)
+    assert (local_date(started, NEW_YORK), local_date(started, BERLIN)) == (
+        date(2026, 3, 14), date(2026, 3, 15))
+    bill = bill_account(terms(offer(timing="inArrears"), period=MARCH), AccountFacts(
+        CUSTOMER, [sub(local_date(started, NEW_YORK))], [], {}))
+    # 20.00 × 18/31 = 11.612903 → 11.61
+    assert [(ln.quantity, ln.exact_micros, ln.net_micros) for ln in bill.lines] == [
+        (18, 11_612_903, 11_610_000)]
+
+
+def test_a_period_ends_for_each_account_at_its_own_midnight() -> None:
+    berlin_over = local_midnight(MARCH.end, BERLIN)  # 22:00 UTC on 31 March
+    new_york_over = local_midnight(MARCH.end, NEW_YORK)  # 04:00 UTC on 1 April
+    assert new_york_over - berlin_over == timedelta(hours=6)
+    between = berlin_over + timedelta(hours=1)
+    assert has_ended(MARCH, between, BERLIN) and not has_ended(MARCH, between, NEW_YORK)
+    assert last_ended_period(between, 1, BERLIN) == MARCH
+    assert last_ended_period(between, 1, NEW_YORK) == MARCH.previous()
+    assert has_ended(MARCH, new_york_over, NEW_YORK)
+    assert not has_ended(MARCH, new_york_over - timedelta(microseconds=1), NEW_YORK)
+
+
+def test_timezones_are_iana_names() -> None:
+    assert is_timezone("America/New_York") and is_timezone("UTC")
+    assert not is_timezone("Mars/Olympus_Mons")
+    assert not is_timezone("")
+    assert not is_timezone(" Europe/Berlin")
+    assert not is_timezone("../etc/passwd")
+
+
+# ----------------------------------------------------------------------------- back-dated facts
+
+OCT = NOV.previous()  # 31 days
+DEC = NOV.next()  # 31 days
+
+
+def charged_by(*bills: Bill) -> dict[ChargedKey, int]:
+    """What these bills charged per (subscription, price, coverage), as the store reads it."""
+    out: dict[ChargedKey, int] = {}
+    for bill in bills:
+        for ln in bill.lines:
+            if ln.kind is LineKind.RECURRING:
+                assert ln.coverage is not None and ln.subscription_id is not None
+                key = (ln.subscription_id, ln.price_name, ln.coverage.start)
+                out[key] = out.get(key, 0) + ln.exact_micros
+    return out
+
+
+def test_periods_looked_at_again_start_at_the_first_bill_run() -> None:
+    assert periods_from(OCT.start, DEC, 3) == (OCT, NOV)
+    assert periods_from(date(2026, 1, 1), DEC, 3) == (NOV.previous().previous(), OCT, NOV)
+    assert periods_from(DEC.start, DEC, 3) == ()
+
+
+def test_a_start_back_dated_into_a_billed_period_is_charged_on_the_next_bill() -> None:
+    # November's bill went out before the subscription was entered; it started 16 November.
+    # December's bill: November caught up, 15 of 30 days → 20.00 × 15/30 = 10.00; December
+    # (which November's bill would have charged in advance) 20.00; January in advance 20.00.
+    bill = bill_account(terms(offer(), period=DEC, catch_up=(OCT, NOV)),
+                        AccountFacts(CUSTOMER, [sub(date(2026, 11, 16))], [], {}))
+    assert [(ln.coverage, ln.quantity, ln.net_micros, ln.tax_micros) for ln in bill.lines] == [
+        (NOV, 15, 10_000_000, 1_900_000), (DEC, 31, 20_000_000, 3_800_000),
+        (DEC.next(), 31, 20_000_000, 3_800_000)]
+    assert bill.lines[0].description == (
+        "Plan: monthly 2026-11-01 to 2026-11-30 (period billed before; 15 of 30 days)")
+    # Billing the same facts again charges nothing.
+    again = AccountFacts(CUSTOMER, [sub(date(2026, 11, 16))], [], charged_by(bill))
+    assert bill_account(terms(offer(), period=DEC, catch_up=(OCT, NOV)), again).lines == ()
+
+
+def test_a_cancellation_back_dated_into_a_billed_period_is_credited() -> None:
+    # In service since 1 October; October's bill charged November in advance, November's
+    # bill December. Then the cancellation is back-dated to 21 November (the first day not
+    # in service): November is worth 20 of 30 days = 13.333333, so 6.666667 comes back
+    # (-6.67, VAT -1.27); December 20.00 comes back in full (VAT -3.80).
+    charged: dict[ChargedKey, int] = {(SUB, "monthly", OCT.start): 20_000_000,
+                                      (SUB, "monthly", NOV.start): 20_000_000,
+                                      (SUB, "monthly", DEC.start): 20_000_000}
+    facts = AccountFacts(CUSTOMER, [sub(date(2026, 10, 1), date(2026, 11, 21))], [], charged)
+    bill = bill_account(terms(offer(), period=DEC, catch_up=(OCT, NOV)), facts)
+    assert [(ln.coverage, ln.exact_micros, ln.net_micros, ln.tax_micros)
+            for ln in bill.lines] == [(NOV, -6_666_667, -6_670_000, -1_270_000),
+                                      (DEC, -20_000_000, -20_000_000, -3_800_000)]
+    assert "period billed before; credit" in bill.lines[0].description
+    assert bill.total_micros == -31_740_000
+
+
+def test_catching_up_an_earlier_cycle_gets_that_cycles_discount() -> None:
+    # 50 % off the first cycle. The start is back-dated to 16 November after November's
+    # bill: billed in time, November's bill (cycle 1) would have charged November 10.00 and
+    # December 20.00 at half price. December's bill gives cycle 1 its discount (-15.00);
+    # January (cycle 2) is charged in full.
+    catalog = offer(discounts=[{"name": "welcome", "percent": "50", "cycles": 1}])
+    bill = bill_account(terms(catalog, period=DEC, catch_up=(OCT, NOV)),
+                        AccountFacts(CUSTOMER, [sub(date(2026, 11, 16))], [], {}))
+    assert [(ln.kind, ln.coverage, ln.net_micros) for ln in bill.lines] == [
+        (LineKind.RECURRING, NOV, 10_000_000), (LineKind.RECURRING, DEC, 20_000_000),
+        (LineKind.RECURRING, DEC.next(), 20_000_000), (LineKind.DISCOUNT, NOV, -15_000_000)]
+
+
+def test_a_fixed_discount_is_not_given_twice_for_a_cycle() -> None:
+    # 5.00 off every cycle, in arrears. November's bill charged 10 of 30 days (6.666667) and
+    # took 5.00 off; the start is then back-dated to 1 November: the catch-up of 13.333333
+    # gets no second 5.00; December's own cycle does.
+    catalog = offer(timing="inArrears", discounts=[{"name": "loyal", "fixed": "5"}])
+    charged: dict[ChargedKey, int] = {(SUB, "monthly", NOV.start): 6_666_667}
+    bill = bill_account(terms(catalog, period=DEC, catch_up=(OCT, NOV)),
+                        AccountFacts(CUSTOMER, [sub(date(2026, 11, 1))], [], charged))
+    assert [(ln.kind, ln.coverage, ln.exact_micros) for ln in bill.lines] == [
+        (LineKind.RECURRING, NOV, 13_333_333), (LineKind.RECURRING, DEC, 20_000_000),
+        (LineKind.DISCOUNT, None, -5_000_000)]
+
+
+DAY0 = date(2026, 8, 20)
+SEP = OCT.previous()
+
+
+def _terms_of(started: int | None, days: int | None) -> list[SubscriptionTerms]:
+    if started is None:
+        return []
+    start = DAY0 + timedelta(days=started)
+    return [sub(start, None if days is None else start + timedelta(days=days))]
+
+
+@given(
+    fee=st.integers(1, 100_000_000),
+    timing=st.sampled_from(["inAdvance", "inArrears"]),
+    proration=st.sampled_from(["daily", "none"]),
+    before=st.tuples(st.none() | st.integers(0, 100), st.none() | st.integers(0, 90)),
+    after=st.tuples(st.integers(0, 100), st.none() | st.integers(0, 90)),
+)
+def test_after_a_catch_up_each_billed_period_holds_what_the_facts_say(
+        fee: int, timing: str, proration: str, before: tuple[int | None, int | None],
+        after: tuple[int, int | None]) -> None:
+    """September and October were billed on what was known then (`before`; None: the
+    subscription was not entered yet); then its start and end change (`after`, back-dated
+    or not) and November is billed with September and October looked at again. Every
+    coverage period billed so far has then been charged exactly what the new facts say it
+    costs, and billing November again changes nothing."""
+    amount = f"{fee // 1_000_000}.{fee % 1_000_000:06d}"
+    catalog = offer(amount=amount, timing=timing, proration=proration)
+    fee_terms = catalog.offers["plan"].recurring[0]
+    old = _terms_of(*before)
+    first = bill_account(terms(catalog, period=SEP), AccountFacts(CUSTOMER, old, [], {}))
+    second = bill_account(terms(catalog, period=OCT, catch_up=(SEP,)),
+                          AccountFacts(CUSTOMER, old, [], charged_by(first)))
+    new = _terms_of(*after)
+    november = terms(catalog, period=NOV, catch_up=(SEP, OCT))
+    third = bill_account(november, AccountFacts(CUSTOMER, new, [], charged_by(first, second)))
+    charged = charged_by(first, second, third)
+    for coverage in (SEP, OCT, NOV) + ((DEC,) if timing == "inAdvance" else ()):
+        due = fee_for(fee_terms, coverage, new[0].active_days(coverage.start, coverage.end))
+        assert charged.get((SUB, "monthly", coverage.start), 0) == due, coverage
+    assert bill_account(november, AccountFacts(CUSTOMER, new, [], charged)).lines == ()

@@ -5,6 +5,11 @@ Each batch is one transaction: lock the accounts, read what they owe, issue the 
 and queue `evt.invoice.issued`. A run killed at any point loses only its open batch; run it
 again and it carries on with the accounts that have no document for the period yet, so each
 (account, period) is billed exactly once and the numbers stay gapless.
+
+A period is the same local dates for every account of a tenant (the tenant's cycle day), but
+it ends at local midnight of each account's timezone. A run given `now` bills only the
+accounts whose period is over by then and stays unfinished while others wait; run again
+later, it bills those (the same resumption as after a crash).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
@@ -28,9 +33,14 @@ from tollgate_core.domain.billing import (
     DocumentKind,
     LineKind,
     TaxTerms,
+    UsageTotal,
     bill_account,
     bill_legs,
+    has_ended,
+    last_ended_period,
     legs,
+    local_midnight,
+    periods_from,
 )
 from tollgate_core.domain.catalog import Catalog, percent
 from tollgate_core.domain.events import DomainEvent
@@ -48,7 +58,7 @@ from tollgate_core.observability import BILL_RUN_SECONDS, DOCUMENTS_ISSUED
 from tollgate_core.resources.tenant import TenantSpec
 from tollgate_core.settlement import accruals
 from tollgate_core.store import billing_repo, catalog_repo, outbox, rating_repo
-from tollgate_core.store.billing_repo import AccountToBill, Document
+from tollgate_core.store.billing_repo import TENANT_ZONE, AccountToBill, Document
 from tollgate_core.store.db import Connection, Pool, tenant_tx
 
 log = structlog.get_logger(__name__)
@@ -60,6 +70,10 @@ is locked until commit), but reading and computing overlap with another batch's 
 LATE_USAGE_LOOKBACK_DAYS = 92
 """Usage that started up to this long before a period and was rated after the account's
 previous document is billed on the next one (older records are not looked for)."""
+CATCH_UP_CYCLES = 3
+"""Recurring fees of up to this many bill cycles before the period are looked at again (never
+cycles before the tenant's first bill run): a subscription start or end back-dated into them
+is charged or credited on the next bill. Older corrections need a manual adjustment."""
 RETRIES_MAX = 5
 
 ROUNDING_ACCOUNT = revenue_account("rounding")
@@ -89,6 +103,9 @@ class RunResult:
     documents: int
     accounts_seen: int
     seconds: float
+    complete: bool = True
+    waiting_zones: tuple[str, ...] = ()
+    """Timezones whose accounts were left for later: the period has not ended there yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +114,12 @@ class _Context:
     spec: TenantSpec
     terms: BillingTerms
     start: datetime
-    end: datetime
-    lookback: datetime
+    """The period's start in the tenant's timezone (when its fees are shared with partners)."""
+    zones: tuple[str, ...] | None
+    """Zone keys of the accounts to bill (`TENANT_ZONE` for the tenant's); None: all."""
+
+    def zone_of(self, account: AccountToBill) -> str:
+        return account.timezone or self.spec.timezone
 
 
 async def load_catalogs(pool: Pool, tenant: str) -> dict[int, Catalog]:
@@ -111,12 +132,16 @@ async def load_catalogs(pool: Pool, tenant: str) -> dict[int, Catalog]:
 async def bill_run(pool: Pool, tenant: str, period: BillPeriod, *, batch: int = BATCH_DEFAULT,
                    workers: int = WORKERS_DEFAULT,
                    progress: Callable[[int], None] | None = None,
-                   stop_after_batches: int | None = None) -> RunResult:
+                   stop_after_batches: int | None = None,
+                   now: datetime | None = None) -> RunResult:
     """Bill every account of `tenant` for `period` that has no document for it yet.
 
-    `workers` bill disjoint slices of the accounts at once (one reads and computes while
-    another writes); `progress` is called with the accounts handled by each batch;
-    `stop_after_batches` ends each worker early (tests of resumption)."""
+    `now`, when given, leaves out the accounts whose period has not ended yet at `now` in
+    their timezone (the run is then not finished; run it again later); without it every
+    account is billed (an early close). `workers` bill disjoint slices of the accounts at
+    once (one reads and computes while another writes); `progress` is called with the
+    accounts handled by each batch; `stop_after_batches` ends each worker early (tests of
+    resumption)."""
     started = time.perf_counter()
     async with tenant_tx(pool, tenant) as conn:
         spec = await catalog_repo.get_tenant(conn, tenant)
@@ -124,24 +149,35 @@ async def bill_run(pool: Pool, tenant: str, period: BillPeriod, *, batch: int = 
             raise ValueError(f"tenant {tenant!r} does not exist")
         await catalog_repo.upsert_tenant(conn, tenant, spec)  # system accounts of this version
         await billing_repo.start_run(conn, tenant, period.start, period.end)
+        first_run = await billing_repo.first_run_start(conn)
+        own_zones = await billing_repo.account_timezones(conn) if now is not None else []
+    zones: tuple[str, ...] | None = None
+    waiting: tuple[str, ...] = ()
+    if now is not None:
+        keys = [TENANT_ZONE, *own_zones]
+        ended = {k: has_ended(period, now, k or spec.timezone) for k in keys}
+        zones = tuple(k for k in keys if ended[k])
+        waiting = tuple(k or spec.timezone for k in keys if not ended[k])
     catalogs = await load_catalogs(pool, tenant)
-    start, end = period.instants(spec.timezone)
-    ctx = _Context(tenant, spec,
-                   BillingTerms(spec.currency, spec.timezone, period, catalogs, tax_terms(spec)),
-                   start, end, start - timedelta(days=LATE_USAGE_LOOKBACK_DAYS))
+    catch_up = periods_from(first_run or period.start, period, CATCH_UP_CYCLES)
+    ctx = _Context(tenant, spec, BillingTerms(spec.currency, spec.timezone, period, catalogs,
+                                              tax_terms(spec), catch_up),
+                   local_midnight(period.start, spec.timezone), zones)
     outcomes = await asyncio.gather(*(
         _worker(pool, ctx, (k, workers), batch, progress, stop_after_batches)
         for k in range(workers)))
     documents = sum(o[0] for o in outcomes)
     seen = sum(o[1] for o in outcomes)
-    if all(o[2] for o in outcomes):
+    complete = all(o[2] for o in outcomes) and not waiting
+    if complete:
         async with tenant_tx(pool, tenant) as conn:
             await billing_repo.finish_run(conn, period.start)
         BILL_RUN_SECONDS.labels(tenant).observe(time.perf_counter() - started)
     elapsed = time.perf_counter() - started
     log.info("bill run ended", tenant=tenant, period=str(period.start), documents=documents,
-             accounts=seen, seconds=round(elapsed, 3), complete=all(o[2] for o in outcomes))
-    return RunResult(period, documents, seen, elapsed)
+             accounts=seen, seconds=round(elapsed, 3), complete=complete,
+             waiting_zones=list(waiting))
+    return RunResult(period, documents, seen, elapsed, complete, waiting)
 
 
 async def _worker(pool: Pool, ctx: _Context, share: tuple[int, int], batch: int,
@@ -180,24 +216,33 @@ async def _batch_with_retry(pool: Pool, ctx: _Context, after: uuid.UUID | None, 
 
 async def _batch(conn: Connection, ctx: _Context, after: uuid.UUID | None, limit: int,
                  share: tuple[int, int]) -> tuple[list[AccountToBill], int]:
-    accounts = await billing_repo.accounts_to_bill(conn, ctx.terms.period.start, after, limit,
-                                                   share)
+    period = ctx.terms.period
+    accounts = await billing_repo.accounts_to_bill(conn, period.start, after, limit, share,
+                                                   ctx.zones)
     if not accounts:
         return [], 0
     ids = [a.customer_id for a in accounts]
+    zone_of = {a.customer_id: ctx.zone_of(a) for a in accounts}
+    # The period and the coverage periods looked at again, as instants of each timezone.
+    bounds = {z: period.instants(z) for z in set(zone_of.values())}
+    first_coverage = (ctx.terms.catch_up or (period,))[0]
+    since = min(local_midnight(first_coverage.start, z) for z in bounds)
+    until = max(local_midnight(period.next().end, z) for z in bounds)
     # a batch aggregates ~100 records per account; let the GROUP BY hash in memory rather
     # than sort on disk (the default work_mem is 4 MB)
     await conn.execute("SET LOCAL work_mem = '64MB'")
     # Lock first, read after: rating that touches these accounts either committed before
     # (and is read below) or writes its records later, stamped after `billed_at`.
     states = await rating_repo.lock_balances(conn, [customer_account(str(i)) for i in ids])
-    period = ctx.terms.period
-    subs = await billing_repo.subscriptions(
-        conn, ids, period.next().instants(ctx.spec.timezone)[1], ctx.start, ctx.spec.timezone)
+    subs = await billing_repo.subscriptions(conn, ids, until, since, zone_of)
     charged = await billing_repo.charged(
         conn, [s.subscription_id for group in subs.values() for s in group],
-        [period.start, period.end])
-    usage = await billing_repo.usage(conn, ids, ctx.start, ctx.end, ctx.lookback)
+        [c.start for c in ctx.terms.catch_up] + [period.start, period.end])
+    usage: dict[uuid.UUID, list[UsageTotal]] = {}
+    for zone, (start, end) in sorted(bounds.items()):  # one statement for the usual batch
+        members = ids if len(bounds) == 1 else [i for i in ids if zone_of[i] == zone]
+        usage.update(await billing_repo.usage(
+            conn, members, start, end, start - timedelta(days=LATE_USAGE_LOOKBACK_DAYS)))
     bills: list[tuple[AccountToBill, Bill]] = []
     for account in accounts:
         bill = bill_account(ctx.terms, AccountFacts(
@@ -291,7 +336,12 @@ def _issued_event(tenant: str, doc: Document) -> DomainEvent:
 
 def last_closed_period(now: datetime, spec: TenantSpec) -> BillPeriod:
     """The latest bill period that has ended in the tenant's timezone."""
-    from tollgate_core.domain.billing import local_date, period_containing
+    return last_ended_period(now.astimezone(UTC), spec.billing.cycle_day, spec.timezone)
 
-    today: date = local_date(now.astimezone(UTC), spec.timezone)
-    return period_containing(today, spec.billing.cycle_day).previous()
+
+def periods_ended(now: datetime, spec: TenantSpec, account_zones: list[str]
+                  ) -> list[BillPeriod]:
+    """The latest period that has ended for some account, in each timezone accounts bill in
+    (the tenant's and the accounts' own), oldest first: at most two distinct periods."""
+    zones = {spec.timezone, *account_zones}
+    return sorted({last_ended_period(now, spec.billing.cycle_day, z) for z in zones})

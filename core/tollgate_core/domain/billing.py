@@ -8,7 +8,11 @@ Recurring fees are charged per *coverage period* (a bill cycle a fee pays for). 
 the difference between what the coverage should cost now (days the subscription is active in
 it) and what earlier invoices already charged for it; so a mid-cycle start is prorated, a
 cancellation of a fee paid in advance is credited, a change of plan is both, and billing the
-same facts twice gives nothing new. See docs/adr/0013-billing.md.
+same facts twice gives nothing new. Earlier coverage periods are looked at again (`catch_up`):
+a start or an end back-dated into a period already billed is charged or credited on the next
+bill, on lines naming the period they cover. See docs/adr/0013-billing.md.
+
+Dates here are local calendar days of the account's timezone (its own, or the tenant's).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tollgate_core.domain.catalog import Catalog, CompiledOffer, RecurringFee
 from tollgate_core.domain.money import div_round_half_even, round_to_minor
@@ -43,7 +47,10 @@ class DocumentKind(StrEnum):
 
 @dataclass(frozen=True, slots=True, order=True)
 class BillPeriod:
-    """Local dates [start, end) of one bill cycle in the tenant's timezone."""
+    """Local dates [start, end) of one bill cycle in the account's timezone.
+
+    Every account of a tenant has the same cycle dates (the tenant's cycle day); the instants
+    they stand for depend on the account's timezone (`instants`)."""
 
     start: date
     end: date
@@ -78,6 +85,40 @@ def period_starting_in(year: int, month: int, cycle_day: int) -> BillPeriod:
     """The bill period that starts in the given month (`--period 2026-11`)."""
     start = date(year, month, cycle_day)
     return BillPeriod(start, _add_month(start))
+
+
+def periods_from(first: date, until: BillPeriod, cycles_max: int) -> tuple[BillPeriod, ...]:
+    """The bill periods before `until` that start on or after `first`, at most `cycles_max`
+    of them (the latest), oldest first: the coverage periods a bill looks at again."""
+    out: list[BillPeriod] = []
+    period = until
+    while len(out) < cycles_max:
+        period = period.previous()
+        if period.start < first:
+            break
+        out.append(period)
+    return tuple(reversed(out))
+
+
+def last_ended_period(now: datetime, cycle_day: int, timezone: str) -> BillPeriod:
+    """The latest bill period that has ended at `now` in `timezone`."""
+    return period_containing(local_date(now, timezone), cycle_day).previous()
+
+
+def has_ended(period: BillPeriod, now: datetime, timezone: str) -> bool:
+    """Whether `period` is over at `now` for an account in `timezone`."""
+    return local_midnight(period.end, timezone) <= now
+
+
+def is_timezone(name: str) -> bool:
+    """An IANA timezone name the zone database knows (e.g. America/New_York)."""
+    if not name or name != name.strip():
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def cycles_between(first: BillPeriod, later: BillPeriod) -> int:
@@ -153,9 +194,13 @@ class AccountFacts:
 class BillingTerms:
     currency: str
     timezone: str
+    """The tenant's; an account may bill in its own (the facts are in its local days)."""
     period: BillPeriod
     catalogs: Mapping[int, Catalog]
     taxes: Mapping[str, TaxTerms]
+    catch_up: tuple[BillPeriod, ...] = ()
+    """Earlier coverage periods (already billed, oldest first) whose recurring fees are
+    looked at again: what they should cost now minus what documents charged for them."""
 
     def tax_for(self, category: str) -> TaxTerms:
         return self.taxes.get(category, NO_TAX) if self.taxes else NO_TAX
@@ -282,12 +327,12 @@ def bill_account(terms: BillingTerms, facts: AccountFacts) -> Bill:
         offer = catalog.offers.get(sub.offer)
         if offer is None:
             continue  # the revision a subscription names always holds its offer
-        recurring_exact = _recurring(draft, offer, sub, facts.charged, period)
+        cycles = _recurring(draft, offer, sub, facts.charged, period, terms.catch_up)
         if offer.one_time_micros and sub.started < period.end \
                 and (sub.subscription_id, "oneTime", None) not in facts.charged:
             draft.add(LineKind.ONE_TIME, offer.one_time_micros, offer, sub, "oneTime",
                       f"{offer.display_name}: one-time fee")
-        _discounts(draft, offer, sub, recurring_exact, period)
+        _discounts(draft, offer, sub, cycles, period)
     subs = {s.subscription_id: s for s in facts.subscriptions}
     for usage in sorted(facts.usage, key=lambda u: (str(u.subscription_id), u.service,
                                                     u.price_name, u.revision)):
@@ -307,49 +352,89 @@ def bill_account(terms: BillingTerms, facts: AccountFacts) -> Bill:
     return Bill(facts.customer_id, period, terms.currency, tuple(draft.lines))
 
 
+@dataclass
+class _Cycles:
+    """Recurring charges of one subscription on this bill, by the bill cycle that charges
+    their coverage when the facts are known in time (the discount bases)."""
+
+    charged: dict[BillPeriod, int] = field(default_factory=dict)
+    billed_before: set[BillPeriod] = field(default_factory=set)
+    """Cycles an earlier document already charged something for (fixed discounts given)."""
+
+
+def on_time_cycle(coverage: BillPeriod, in_advance: bool, first: BillPeriod,
+                  period: BillPeriod) -> BillPeriod:
+    """The bill cycle that charges `coverage` when the facts are known in time: the cycle
+    before it for a fee in advance (the subscription's first cycle at the earliest), the cycle
+    itself in arrears; never later than the bill being made."""
+    on_time = coverage.previous() if in_advance else coverage
+    return min(max(on_time, first), period)
+
+
 def _recurring(draft: _Drafting, offer: CompiledOffer, sub: SubscriptionTerms,
-               charged: Mapping[ChargedKey, int], period: BillPeriod) -> int:
-    """Recurring lines of one subscription; returns their exact sum (the discount base)."""
-    total = 0
+               charged: Mapping[ChargedKey, int], period: BillPeriod,
+               catch_up: tuple[BillPeriod, ...]) -> _Cycles:
+    """Recurring lines of one subscription: the coverage periods of this bill, and earlier
+    ones (`catch_up`) whose facts changed after they were billed."""
+    first = period_containing(sub.started, period.start.day)
+    cycles = _Cycles()
     for fee in offer.recurring:
-        coverages = (period, period.next()) if fee.in_advance else (period,)
-        for coverage in coverages:
+        current = (period, period.next()) if fee.in_advance else (period,)
+        for coverage in catch_up + current:
             days = sub.active_days(coverage.start, coverage.end)
             due = fee_for(fee, coverage, days)
             already = charged.get((sub.subscription_id, fee.price_name, coverage.start), 0)
+            if due == already and not (already > 0 and offer.discounts):
+                continue  # the usual case, kept cheap: nothing new, no discount to track
+            cycle = on_time_cycle(coverage, fee.in_advance, first, period)
+            if already > 0:
+                cycles.billed_before.add(cycle)
             if due == already:
                 continue
             what = (f"{offer.display_name}: {fee.price_name} {coverage.start:%Y-%m-%d} to "
                     f"{coverage.end - timedelta(days=1):%Y-%m-%d}")
+            notes = ["period billed before"] if coverage < period else []
             if due < already:
-                what += " (credit for days not in service)"
+                notes.append("credit for days not in service")
             elif days < coverage.days and fee.prorate:
-                what += f" ({days} of {coverage.days} days)"
+                notes.append(f"{days} of {coverage.days} days")
+            if notes:
+                what += f" ({'; '.join(notes)})"
             draft.add(LineKind.RECURRING, due - already, offer, sub, fee.price_name, what,
                       quantity=days, coverage=coverage)
-            total += due - already
-    return total
+            cycles.charged[cycle] = cycles.charged.get(cycle, 0) + due - already
+    return cycles
 
 
 def _discounts(draft: _Drafting, offer: CompiledOffer, sub: SubscriptionTerms,
-               recurring_exact: int, period: BillPeriod) -> None:
-    """Discounts reduce this cycle's positive recurring charges, never below zero."""
-    if recurring_exact <= 0:
-        return
-    cycle = cycles_between(period_containing(sub.started, period.start.day), period)
-    remaining = recurring_exact
-    for rule in offer.discounts:
-        if rule.cycles is not None and cycle >= rule.cycles:
+               cycles: _Cycles, period: BillPeriod) -> None:
+    """Discounts reduce a cycle's positive recurring charges, never below zero. Charges that
+    catch up on an earlier cycle get that cycle's discounts (a percentage of them; a fixed
+    discount only if no earlier document charged that cycle, which had it then)."""
+    first = period_containing(sub.started, period.start.day)
+    for cycle_period in sorted(cycles.charged):
+        base = cycles.charged[cycle_period]
+        if base <= 0:
             continue
-        if rule.fraction is not None:
-            off = div_round_half_even(recurring_exact * rule.fraction.numerator,
-                                      rule.fraction.denominator)
-        else:
-            off = rule.fixed_micros or 0
-        off = min(off, remaining)
-        remaining -= off
-        draft.add(LineKind.DISCOUNT, -off, offer, sub, rule.name,
-                  f"{offer.display_name}: discount {rule.name} (cycle {cycle + 1})")
+        cycle = cycles_between(first, cycle_period)
+        remaining = base
+        for rule in offer.discounts:
+            if rule.cycles is not None and cycle >= rule.cycles:
+                continue
+            if rule.fraction is not None:
+                off = div_round_half_even(base * rule.fraction.numerator,
+                                          rule.fraction.denominator)
+            elif cycle_period in cycles.billed_before:
+                continue
+            else:
+                off = rule.fixed_micros or 0
+            off = min(off, remaining)
+            remaining -= off
+            earlier = cycle_period < period
+            draft.add(LineKind.DISCOUNT, -off, offer, sub, rule.name,
+                      f"{offer.display_name}: discount {rule.name} (cycle {cycle + 1}"
+                      f"{', billed before' if earlier else ''})",
+                      coverage=cycle_period if earlier else None)
 
 
 # ----------------------------------------------------------------------------- ledger legs

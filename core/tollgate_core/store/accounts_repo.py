@@ -28,6 +28,8 @@ class CustomerRow:
     payment_type: str
     created_at: datetime
     erased_at: datetime | None = None
+    timezone: str | None = None
+    """The IANA timezone the account bills in; None: the tenant's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +45,21 @@ class SubscriptionRow:
 
 
 CUSTOMER_COLUMNS = ("customer_id, name, email, customer_type, payment_type, created_at,"
-                    " erased_at")
+                    " erased_at, timezone")
 SUBSCRIPTION_COLUMNS = ("subscription_id, customer_id, offer, subscriber, status,"
                         " catalog_revision, started_at, ended_at")
 
 
 async def create_customer(conn: Connection, tenant: str, currency: str, name: str, email: str,
-                          customer_type: str, payment_type: str) -> CustomerRow:
+                          customer_type: str, payment_type: str,
+                          timezone: str | None = None) -> CustomerRow:
+    """`timezone`: the IANA timezone the account bills in (validated by the caller); None
+    follows the tenant's."""
     customer_id = uuid.uuid4()
     row = await conn.fetchrow(
-        "INSERT INTO customers (tenant_id, customer_id, name, email, customer_type, payment_type)"
-        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at",
-        tenant, customer_id, name, email, customer_type, payment_type)
+        "INSERT INTO customers (tenant_id, customer_id, name, email, customer_type,"
+        " payment_type, timezone) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING created_at",
+        tenant, customer_id, name, email, customer_type, payment_type, timezone)
     assert row is not None
     floor = 0 if payment_type == "prepaid" else None
     await conn.executemany(
@@ -63,7 +68,8 @@ async def create_customer(conn: Connection, tenant: str, currency: str, name: st
         [(tenant, customer_account(str(customer_id)), AccountKind.CUSTOMER.value, currency, floor),
          (tenant, overage_account(str(customer_id)), AccountKind.RECEIVABLE.value, currency,
           None)])
-    return CustomerRow(customer_id, name, email, customer_type, payment_type, row["created_at"])
+    return CustomerRow(customer_id, name, email, customer_type, payment_type, row["created_at"],
+                       timezone=timezone)
 
 
 async def get_customer(conn: Connection, customer_id: uuid.UUID) -> CustomerRow | None:

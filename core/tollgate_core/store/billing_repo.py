@@ -4,7 +4,7 @@ per statement for a whole batch of accounts)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -23,32 +23,57 @@ from tollgate_core.store.db import Connection
 class AccountToBill:
     customer_id: uuid.UUID
     payment_type: str
+    timezone: str | None = None
+    """The account's own IANA timezone; None: the tenant's."""
+
+
+TENANT_ZONE = ""
+"""The zone key of accounts that bill in the tenant's timezone (`customers.timezone` NULL)."""
 
 
 async def accounts_to_bill(conn: Connection, period_start: date, after: uuid.UUID | None,
-                           limit: int, share: tuple[int, int] = (0, 1)) -> list[AccountToBill]:
+                           limit: int, share: tuple[int, int] = (0, 1),
+                           zones: Sequence[str] | None = None) -> list[AccountToBill]:
     """The next accounts (in id order) with no document for the period yet; `share` (k, n)
-    keeps the k-th of n disjoint slices of the accounts (one per bill-run worker)."""
+    keeps the k-th of n disjoint slices of the accounts (one per bill-run worker); `zones`,
+    when given, keeps the accounts billing in those timezones (`TENANT_ZONE`: the tenant's)."""
     rows = await conn.fetch(
-        "SELECT c.customer_id, c.payment_type FROM customers c"
+        "SELECT c.customer_id, c.payment_type, c.timezone FROM customers c"
         " WHERE ($1::uuid IS NULL OR c.customer_id > $1)"
         " AND get_byte(uuid_send(c.customer_id), 15) % $5 = $4"
+        " AND ($6::text[] IS NULL OR coalesce(c.timezone, '') = ANY($6::text[]))"
         " AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.customer_id = c.customer_id"
         "                 AND i.period_start = $2)"
-        " ORDER BY c.customer_id LIMIT $3", after, period_start, limit, share[0], share[1])
-    return [AccountToBill(r["customer_id"], r["payment_type"]) for r in rows]
+        " ORDER BY c.customer_id LIMIT $3", after, period_start, limit, share[0], share[1],
+        None if zones is None else list(zones))
+    return [AccountToBill(r["customer_id"], r["payment_type"], r["timezone"]) for r in rows]
+
+
+async def account_timezones(conn: Connection) -> list[str]:
+    """The timezones accounts of the tenant bill in besides the tenant's own."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT timezone FROM customers WHERE timezone IS NOT NULL ORDER BY 1")
+    return [r["timezone"] for r in rows]
+
+
+async def first_run_start(conn: Connection) -> date | None:
+    """The first day of the earliest period the tenant ever ran a bill run for."""
+    first: date | None = await conn.fetchval("SELECT min(period_start) FROM bill_runs")
+    return first
 
 
 async def subscriptions(conn: Connection, customer_ids: Sequence[uuid.UUID], until: datetime,
-                        since: datetime, timezone: str
+                        since: datetime, timezones: Mapping[uuid.UUID, str]
                         ) -> dict[uuid.UUID, list[SubscriptionTerms]]:
-    """Subscriptions in service at some time in [since, until)."""
+    """Subscriptions in service at some time in [since, until), their start and end as local
+    days of their account's timezone."""
     rows = await conn.fetch(
         "SELECT subscription_id, customer_id, offer, catalog_revision, started_at, ended_at"
         " FROM subscriptions WHERE customer_id = ANY($1::uuid[]) AND started_at < $2"
         " AND (ended_at IS NULL OR ended_at > $3)", customer_ids, until, since)
     out: dict[uuid.UUID, list[SubscriptionTerms]] = {}
     for r in rows:
+        timezone = timezones[r["customer_id"]]
         out.setdefault(r["customer_id"], []).append(SubscriptionTerms(
             r["subscription_id"], r["offer"], r["catalog_revision"],
             local_date(r["started_at"], timezone),
@@ -74,7 +99,8 @@ async def usage(conn: Connection, customer_ids: Sequence[uuid.UUID], start: date
                 end: datetime, lookback: datetime) -> dict[uuid.UUID, list[UsageTotal]]:
     """Rated usage to bill: started in [start, end), plus records that started in
     [lookback, start) but were rated after the account's previous document was billed
-    (late arrivals, which that document could not see)."""
+    (late arrivals, which that document could not see). The bounds are one timezone's:
+    accounts billing in different timezones are read one zone at a time."""
     rows = await conn.fetch(
         "WITH prev AS (SELECT customer_id, max(billed_at) AS billed_at FROM invoices"
         "              WHERE customer_id = ANY($1::uuid[]) GROUP BY customer_id)"
