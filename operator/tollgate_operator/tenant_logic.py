@@ -363,9 +363,10 @@ class TenantController:
                          f"tenant stored in its database; {published}"), revision, False
 
     async def finalize(self, body: Mapping[str, Any]) -> list[Event]:
-        """Before the Tenant goes: keep or drop its data per spec.database.deletionPolicy.
+        """Before the Tenant goes: stop the legacy sync, and keep or drop its data per
+        spec.database.deletionPolicy.
 
-        Workloads stop by garbage collection once the finalizer is released.
+        The other workloads stop by garbage collection once the finalizer is released.
         """
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -378,6 +379,10 @@ class TenantController:
         except ValidationError:
             return []  # nothing was ever created from it
         t = TenantWorkload(Owner.of(body), namespace, spec, self._settings.image)
+        # No sync may start for a tenant on its way out, however long the garbage collector
+        # takes to reach the CronJob (its Jobs follow by cascade).
+        await self._kube.delete("batch/v1", "CronJob", namespace,
+                                manifests.legacy_cronjob_name(t))
         policy = spec.database.deletion_policy
         if spec.database.mode is DatabaseMode.MANAGED:
             if policy is DeletionPolicy.DELETE:

@@ -3,6 +3,7 @@ CronJob the operator applies for mirror/reconcile (and removes for none), Legacy
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -167,4 +168,10 @@ async def test_reconcile_mode_gets_a_sync_cronjob_that_mode_none_removes(
     assert "--reconcile" not in cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"][
         "containers"][0]["args"]
     cp.api("DELETE", f"{GROUP_PATH}/namespaces/{ns}/tenants/{tenant_name}")
-    await eventually(lambda: get(cp, path) is None, "the CronJob goes with its Tenant", 60)
+    await eventually(lambda: get_resource(cp, "Tenant", ns, tenant_name) is None,
+                     "the Tenant gone (finalizer released)", 60)
+    try:
+        await eventually(lambda: get(cp, path) is None, "the CronJob goes with its Tenant", 60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {json.dumps((get(cp, path) or {}).get('metadata'))}"
+                             ) from exc
