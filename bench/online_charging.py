@@ -49,16 +49,20 @@ def echo(nc: Client) -> Call:
 
 
 async def max_rate(call: Call, offset: int) -> float:
-    """Closed loop: CLIENTS callers back to back for PROBE_S; calls per second."""
+    """Closed loop: CLIENTS callers back to back for PROBE_S; calls per second.
+
+    Caller k makes calls k, k + CLIENTS, k + 2 × CLIENTS, …: the calls in flight are on
+    different lines, as in the open loop (calls k × 1,000,000 + j had every caller on the
+    same line at the same time, 1,000,000 being a multiple of LINES)."""
     done = 0
     end = time.perf_counter() + PROBE_S
 
     async def caller(k: int) -> None:
         nonlocal done
-        i = offset + k * 1_000_000
+        i = offset + k
         while time.perf_counter() < end:
             await call(i)
-            i += 1
+            i += CLIENTS
             done += 1
 
     await asyncio.gather(*[caller(k) for k in range(CLIENTS)])

@@ -208,3 +208,103 @@ async def test_continue_mode_grants_the_quota_in_an_outage_and_books_it_afterwar
     finally:
         await conn.close()
     assert owed == -400_000
+
+
+async def a_second_line(pool: Pool, tenant: str, line: str, top_up: str) -> uuid.UUID:
+    """Another prepaid customer on the data-only offer of :func:`prepaid_line`."""
+    customer = await customer_service.register_customer(
+        pool, tenant, name=line, email=f"{line}@example.de", payment_type="prepaid",
+        customer_type="consumer", idempotency_key=f"reg-{line}")
+    await customer_service.place_order(pool, tenant, customer_id=customer,
+                                       offer="prepaid-data", subscriber=line,
+                                       idempotency_key=f"order-{line}")
+    await customer_service.top_up(pool, tenant, customer_id=customer, amount=top_up,
+                                  idempotency_key=f"topup-{line}")
+    return customer
+
+
+def reserve(session: str, units: int, line: str = LINE) -> bytes:
+    return json.dumps({"sessionId": session, "requestNumber": 0, "subscriber": line,
+                       "service": "data", "units": units}).encode()
+
+
+async def test_a_group_decides_its_requests_one_after_another(
+        pool: Pool, servers: Servers, tenant_name: str) -> None:
+    """Requests arriving together share a transaction (one read, one lock, one write): each
+    is still decided against what the ones before it in the group left."""
+    customer = await prepaid_line(pool, tenant_name, "1.00")
+    online = OnlineCharging(tenant_name, pool, CatalogCache(tenant_name), OnlinePolicy())
+    try:
+        first = await online.handle("reserve", reserve("a", 30 * MIB))
+        # One group: a new reservation, the same request again, 80 MiB more (only 70 are
+        # left), the commit of the first reservation and its release after it.
+        fresh, again, more, committed, released = await asyncio.gather(
+            online.handle("reserve", reserve("b", 20 * MIB)),
+            online.handle("reserve", reserve("b", 20 * MIB)),
+            online.handle("reserve", reserve("c", 80 * MIB)),
+            online.handle("commit", json.dumps({"reservationId": first["reservationId"],
+                                                "usedUnits": 10 * MIB}).encode()),
+            online.handle("release", json.dumps(
+                {"reservationId": first["reservationId"]}).encode()))
+    finally:
+        await online.close()
+    assert (fresh["result"], fresh["grantedUnits"]) == ("SUCCESS", 20 * MIB)
+    assert again == fresh
+    # 1.00 EUR: 0.30 held by "a" and 0.20 by "b" when "c" is decided, so 0.50 are left.
+    assert (more["result"], more["grantedUnits"]) == ("SUCCESS", 50 * MIB)
+    assert (committed["result"], committed["chargedMicros"]) == ("SUCCESS", 100_000)
+    assert released == {"result": "RESERVATION_CLOSED", "state": "posted"}
+    # 0.10 posted; "b" and "c" hold 0.70.
+    assert await account(servers, tenant_name, customer) == (900_000, 700_000)
+    conn = await asyncpg.connect(servers.owner_dsn)
+    try:
+        events = await conn.fetch(
+            "SELECT payload FROM outbox WHERE tenant_id = $1 AND subject LIKE '%balance.updated'"
+            " ORDER BY created_at", tenant_name)
+    finally:
+        await conn.close()
+    assert [json.loads(e["payload"])["data"]["balanceMicros"] for e in events] == [
+        1_000_000, 900_000]  # the top-up, then the commit
+
+
+class CountingFallbacks(OnlineCharging):
+    """Counts the requests decided alone because their group's transaction rolled back (a
+    deadlock, a serialization failure, an error)."""
+
+    fallbacks = 0
+
+    async def _decide_alone(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.fallbacks += 1
+        return await super()._decide_alone(operation, body)
+
+
+async def test_groups_sharing_lines_never_deadlock(
+        pool: Pool, servers: Servers, tenant_name: str) -> None:
+    """Many sessions at once on a few lines: every group locks its rows in one order, so
+    groups that share lines wait for each other but never deadlock, and nothing is lost."""
+    customers = [await prepaid_line(pool, tenant_name, "10.00")]
+    lines = [LINE, "491709999998", "491709999997"]
+    customers += [await a_second_line(pool, tenant_name, line, "10.00") for line in lines[1:]]
+    online = CountingFallbacks(tenant_name, pool, CatalogCache(tenant_name), OnlinePolicy())
+
+    async def session(i: int) -> tuple[str, str]:
+        granted = await online.handle("reserve", reserve(f"s{i}", MIB, lines[i % 3]))
+        done = await online.handle("commit", json.dumps({
+            "reservationId": granted["reservationId"], "usedUnits": MIB // 2}).encode())
+        return granted["result"], done["result"]
+
+    try:
+        results = await asyncio.gather(*[session(i) for i in range(300)])
+    finally:
+        await online.close()
+    assert set(results) == {("SUCCESS", "SUCCESS")}
+    assert online.fallbacks == 0
+    # 100 half-used MiB per line at 0.01 EUR/MiB: 0.50 EUR each.
+    for customer in customers:
+        assert await account(servers, tenant_name, customer) == (9_500_000, 0)
+    conn = await asyncpg.connect(servers.owner_dsn)
+    try:
+        assert await conn.fetchval(
+            "SELECT count(*) FROM rated_usage WHERE tenant_id = $1", tenant_name) == 300
+    finally:
+        await conn.close()

@@ -1,29 +1,32 @@
 """Online (prepaid) charging over NATS request/reply: reserve → commit → release.
 
 A reservation holds allowance units and money (a pending two-phase transfer); commit posts
-what was used and voids the rest; release and expiry void all of it. Each request runs in one
-transaction that locks the counters and the account row, so concurrent sessions on one
-account never overspend.
+what was used and voids the rest; release and expiry void all of it. Requests arriving together
+are decided in one transaction of five statements (ADR 0007): it locks every counter and
+account the group may change, in the engines' lock order, before deciding, so concurrent
+sessions on one account never overspend and two groups never deadlock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import re
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
+import orjson
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from tollgate_core.domain.catalog import Catalog, UsageTariff
 from tollgate_core.domain.events import DomainEvent
 from tollgate_core.domain.ledger import (
     Transfer,
@@ -35,18 +38,26 @@ from tollgate_core.domain.ledger import (
     transfer_id,
 )
 from tollgate_core.domain.online import ResultCode, decide_grant, pricer, settle
-from tollgate_core.domain.rating import AllowanceBucket, When
+from tollgate_core.domain.rating import AllowanceBucket, When, local_date
+from tollgate_core.domain.settlement import Revenue
 from tollgate_core.domain.usage import UsageEvent, UsageRejected
 from tollgate_core.engines.catalog_cache import CatalogCache
 from tollgate_core.engines.congestion import CongestionMap
-from tollgate_core.engines.pricing import at_revision, resolve
+from tollgate_core.engines.pricing import PlanCache, Pricing, ServicePlan, at_revision, resolve
 from tollgate_core.resources.offer import SERVICE_UNITS, Service
 from tollgate_core.resources.tenant import FailureHandling
 from tollgate_core.settlement import accruals
-from tollgate_core.store import outbox, rating_repo, reservations_repo
+from tollgate_core.store import reservations_repo
 from tollgate_core.store.db import Connection, Pool, tenant_tx
-from tollgate_core.store.rating_repo import RatedRow
-from tollgate_core.store.reservations_repo import Reservation
+from tollgate_core.store.rating_repo import (
+    AccountState,
+    ActiveSubscription,
+    BucketKey,
+    BucketTerms,
+    PaidKey,
+    RatedRow,
+)
+from tollgate_core.store.reservations_repo import Locked, Reservation, Writes
 
 log = structlog.get_logger(__name__)
 
@@ -54,16 +65,21 @@ REQUESTS_IN_FLIGHT_MAX = 64
 """Requests handled at once per process; beyond this NATS buffers them (back-pressure)."""
 UNITS_MAX = 10**12
 RETRIES_MAX = 3
-GROUP_MAX = 4
-"""Requests decided in one transaction at most (bounds lock hold time and latency)."""
-GROUP_WORKERS = 8
-"""Transactions in flight at once: statements of one group run one after another, so
-several groups overlap their database round trips."""
+GROUP_MAX = 8
+"""Requests decided in one transaction at most (bounds lock hold time and latency); a group
+costs the same five statements whatever its size."""
+GROUP_WORKERS = 4
+"""Transactions in flight at once, each worker with its own connection: statements of one
+group run one after another, so several groups overlap their database round trips."""
+CONNECTION_LINGER_S = 0.05
+"""How long a group worker keeps its connection while no request comes."""
 _OPERATIONS = ("reserve", "commit", "release")
 _DEFERRED = uuid.UUID("0e7c5c1a-9f7e-4d55-8b0a-5d7e3c2b1a90")
 CATALOG_MAX_AGE_S = 0.5
 """Online requests look for a newer catalog revision at most this often."""
 EXPIRY_BATCH_MAX = 200
+_TENANT_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+"""The check of `store.db.tenant_tx`, which group transactions do without (see `_begin`)."""
 _OUTAGES = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
 
 
@@ -102,6 +118,80 @@ def _units(body: dict[str, Any], key: str) -> int:
 _Queued = tuple[str, dict[str, Any], "asyncio.Future[dict[str, Any]]"]
 
 
+@dataclass(slots=True)
+class _Reserve:
+    """A reserve request, parsed; then, once its line is priced, what it may change."""
+
+    session_id: str
+    request_number: int
+    subscriber: str
+    service: Service
+    requested: int
+    attributes: dict[str, str]
+    plan: ServicePlan | None = None
+    line: list[ActiveSubscription] = field(default_factory=list)
+    timezone: str = "UTC"
+    revision: int = 0
+    keys: list[tuple[BucketKey, BucketTerms]] = field(default_factory=list)
+    paid_key: PaidKey | None = None
+    account: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    """A commit (`used` units) or a release (`used` None), parsed."""
+
+    reservation_id: uuid.UUID
+    used: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Priced:
+    """How the commit of a reservation is priced: its revision, its subscription's tariff."""
+
+    catalog: Catalog
+    tariff: UsageTariff | None
+    paid_key: PaidKey | None
+    subs: list[ActiveSubscription]
+
+
+class _Group:
+    """One group transaction: the rows it locked, as the decisions so far leave them; the
+    reservations it read, as they now stand; and what it will write."""
+
+    def __init__(self, locked: Locked, reservations: dict[uuid.UUID, Reservation]) -> None:
+        self.allowances = {k: list(v) for k, v in locked.allowances.items()}
+        """key → [quantity, used, reserved]"""
+        self.paid = dict(locked.paid)
+        self.accounts = dict(locked.accounts)
+        self.reservations = reservations
+        self.created: dict[tuple[str, int], Reservation] = {}
+        """(session id, request number) → reservation granted by this group"""
+        self.shared: list[Revenue] = []
+        """rated revenue, for partner accruals"""
+        self.writes = Writes()
+
+    def hold(self, holds: list[tuple[BucketKey, int]], used: Iterable[tuple[BucketKey, int]],
+             account: str, pending_micros: int) -> AccountState:
+        """Change holds (positive: place, negative: lift) and draw used allowance units;
+        return the account as it is then."""
+        for key, units in holds:
+            self.allowances[key][2] += units
+        for key, units in used:
+            self.allowances[key][1] += units
+        self.writes.hold(holds, used, account, pending_micros)
+        state = self.accounts[account]
+        if pending_micros:
+            state = self.accounts[account] = AccountState(
+                state.balance_micros, state.pending_micros + pending_micros, state.floor_micros)
+        return state
+
+    def close(self, r: Reservation, state: str, used: int | None, charged: int | None) -> None:
+        self.writes.closed.append((r.reservation_id, state, used, charged))
+        self.reservations[r.reservation_id] = replace(r, state=state, used_units=used,
+                                                      charged_micros=charged)
+
+
 class OnlineCharging:
     """The reserve/commit/release decisions of one tenant, against PostgreSQL."""
 
@@ -117,142 +207,36 @@ class OnlineCharging:
         self.policy = policy
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
+        self._plans = PlanCache()
+        if not _TENANT_ID.match(tenant):
+            raise ValueError(f"invalid tenant id {tenant!r}")
+        self._begin = ("BEGIN ISOLATION LEVEL READ COMMITTED;"
+                       f" SELECT set_config('tollgate.tenant', '{tenant}', true)")
+        """What `tenant_tx` sends: BEGIN and the tenant in one round trip (the tenant id is a
+        checked DNS label, so quoting it inline is safe)."""
 
-    async def _reserve(self, conn: Connection, body: dict[str, Any]) -> dict[str, Any]:
-        session_id: str = _field(body, "sessionId", str)
-        request_number: int = _units(body, "requestNumber")
-        subscriber: str = _field(body, "subscriber", str)
-        try:
-            service = Service(_field(body, "service", str))
-        except ValueError as exc:
-            raise BadRequest("service: unknown service") from exc
-        requested = _units(body, "units")
-        attributes = _attributes(body)
-        previous = await reservations_repo.find_by_request(conn, session_id, request_number)
-        if previous is not None:  # a retry: the first answer stands
-            return self._granted(previous)
-        await self.catalog.refresh(conn, max_age_s=CATALOG_MAX_AGE_S)
-        now = datetime.now(UTC)
-        subs = await rating_repo.active_subscriptions(conn, [subscriber])
-        try:
-            pricing = resolve(self.catalog, subscriber, subs.get(subscriber), now)
-        except UsageRejected as rejected:
-            code = (ResultCode.USER_UNKNOWN if rejected.reason == "UNKNOWN_SUBSCRIBER"
-                    else ResultCode.RATING_FAILED)
-            return {"result": code, "detail": rejected.detail}
-        keys = pricing.allowance_keys(service)
-        locked = await rating_repo.lock_allowances(conn, self.tenant, dict(keys))
-        buckets = [AllowanceBucket(k[0], k[1], k[2], *locked[k]) for k, _ in keys]
-        priced = pricing.tariff(service)
-        paid_key = pricing.paid_key(service)
-        paid = (await rating_repo.lock_paid_usage(conn, self.tenant, [paid_key]))[paid_key] \
-            if paid_key else 0
-        owner = pricing.owner_for(service)
-        account = customer_account(str(owner.customer_id))
-        state = (await rating_repo.lock_balances(conn, [account]))[account]
-        factor, applied = pricing.factors(service, attributes, self.congestion)
-        price_after = pricer(priced[1], paid, pricing.when(), factor) if priced else None
-        grant = decide_grant(requested, buckets, price_after, state.spendable_micros,
-                             priced[1].increment if priced else 1)
-        if grant.units == 0:
-            return {"result": ResultCode.CREDIT_LIMIT_REACHED if requested
-                    else ResultCode.SUCCESS, "grantedUnits": 0}
-        reservation = Reservation(
-            reservation_id=uuid.uuid4(), session_id=session_id,
-            request_number=request_number, subscription_id=owner.subscription_id,
-            customer_id=owner.customer_id, service=service.value, granted_units=grant.units,
-            allowance_units=[[str(d.subscription_id), d.allowance,
-                              d.period_start.isoformat(), d.units] for d in grant.draws],
-            pending_micros=grant.amount_micros, catalog_revision=pricing.revision,
-            price_factors=applied, price_factor=str(factor), created_at=now,
-            state="pending", used_units=None, charged_micros=None,
-            expires_at=now + timedelta(seconds=self.policy.validity_s))
-        await reservations_repo.insert(conn, self.tenant, reservation)
-        await reservations_repo.hold(
-            conn, account,
-            [((d.subscription_id, d.allowance, d.period_start), d.units) for d in grant.draws],
-            grant.amount_micros)
-        return self._granted(reservation)
+    def _plan(self, pricing: Pricing, service: Service) -> tuple[ServicePlan,
+                                                                 list[ActiveSubscription]]:
+        """How `service` is priced for the line (cached per revision, offers and service)."""
+        plan = self._plans.get(pricing.revision, pricing.catalog,
+                               tuple(o.name for _, o in pricing.offers), service)
+        assert plan is not None, "a Pricing has at least one offer of its revision"
+        return plan, [s for s, _ in pricing.offers]
 
-    def _granted(self, r: Reservation) -> dict[str, Any]:
-        return {"result": ResultCode.SUCCESS, "reservationId": str(r.reservation_id),
-                "grantedUnits": r.granted_units, "validitySeconds": self.policy.validity_s,
-                "expiresAt": r.expires_at.isoformat()}
-
-    async def _commit(self, conn: Connection, body: dict[str, Any]) -> dict[str, Any]:
+    def _parse(self, operation: str, body: dict[str, Any]) -> _Reserve | _Close:
+        if operation == "reserve":
+            session_id: str = _field(body, "sessionId", str)
+            request_number: int = _units(body, "requestNumber")
+            subscriber: str = _field(body, "subscriber", str)
+            try:
+                service = Service(_field(body, "service", str))
+            except ValueError as exc:
+                raise BadRequest("service: unknown service") from exc
+            return _Reserve(session_id, request_number, subscriber, service,
+                            _units(body, "units"), _attributes(body))
         reservation_id = self._reservation_id(body)
-        used = _units(body, "usedUnits")
-        r = await reservations_repo.lock(conn, reservation_id)
-        if r is None:
-            return {"result": ResultCode.UNKNOWN_RESERVATION}
-        if r.state == "posted" and r.used_units == min(used, r.granted_units):
-            return self._committed(r, r.used_units, r.charged_micros or 0)
-        if r.state != "pending":
-            return {"result": ResultCode.RESERVATION_CLOSED, "state": r.state}
-        charged_units = min(used, r.granted_units)  # usage beyond the grant is not granted
-        charged = await self._post(conn, r, charged_units)
-        return self._committed(r, charged_units, charged)
-
-    def _committed(self, r: Reservation, used: int, charged: int) -> dict[str, Any]:
-        return {"result": ResultCode.SUCCESS, "reservationId": str(r.reservation_id),
-                "usedUnits": used, "chargedMicros": charged}
-
-    async def _post(self, conn: Connection, r: Reservation, used: int) -> int:
-        """Post the used part of a reservation and void the rest, in the caller's transaction."""
-        await self.catalog.refresh(conn, max_age_s=CATALOG_MAX_AGE_S)
-        subs = await rating_repo.active_subscriptions_by_id(conn, [r.subscription_id])
-        now = datetime.now(UTC)
-        pricing = at_revision(self.catalog, r.catalog_revision, subs, now)
-        service = Service(r.service)
-        held = r.held_allowances()
-        # Lock order everywhere: allowances, paid usage, account (no deadlocks with reserve
-        # or offline rating). The held rows exist, so the quantities given here are unused.
-        await rating_repo.lock_allowances(conn, self.tenant, {k: (0, None) for k, _ in held})
-        priced = pricing.tariff(service) if pricing else None
-        paid_key = pricing.paid_key(service) if pricing else None
-        paid = (await rating_repo.lock_paid_usage(conn, self.tenant, [paid_key]))[paid_key] \
-            if paid_key else 0
-        when = When(r.created_at, pricing.catalog.timezone) if pricing else None
-        price_after = (pricer(priced[1], paid, when, Fraction(r.price_factor)) if priced
-                       else None)
-        result = settle(used, held, price_after)
-        account = customer_account(str(r.customer_id))
-        await reservations_repo.hold(conn, account, [(k, -u) for k, u in held], -r.pending_micros)
-        await reservations_repo.use_allowances(conn, list(result.draws))
-        if paid_key is not None and result.paid_units:
-            await rating_repo.save_paid_usage(conn, {paid_key: paid + result.paid_units})
-        state = (await rating_repo.lock_balances(conn, [account]))[account]
-        from_balance, overage = split_prepaid(result.amount_micros, state.spendable_micros)
-        cause = str(r.reservation_id)
-        catalog = self.catalog.get(r.catalog_revision)
-        assert catalog is not None, "refresh() loads every revision up to the newest"
-        currency = catalog.currency
-        transfers = []
-        if from_balance:
-            transfers.append(Transfer(transfer_id(cause, "charge"), account,
-                                      revenue_account("usage"), from_balance, currency,
-                                      TransferCode.USAGE, cause))
-        if overage:
-            transfers.append(Transfer(transfer_id(cause, "overage"),
-                                      overage_account(str(r.customer_id)),
-                                      revenue_account("usage"), overage, currency,
-                                      TransferCode.USAGE_OVERAGE, cause))
-        rated = RatedRow(
-            r.reservation_id, r.subscription_id, r.customer_id, r.service, used,
-            sum(u for _, u in result.draws), result.paid_units, result.amount_micros,
-            currency, priced[1].price_name if priced else None, r.catalog_revision, now,
-            r.price_factors)
-        transfers += await accruals.accrue(conn, self.tenant, self.catalog.get,
-                                           [accruals.revenue_of(rated, s.offer) for s in subs])
-        balances = await rating_repo.post_transfers(conn, self.tenant, transfers)
-        await rating_repo.insert_rated(conn, self.tenant, [rated])
-        await reservations_repo.close(conn, r.reservation_id, "posted", used,
-                                      result.amount_micros)
-        if account in balances:
-            await outbox.enqueue(conn, [DomainEvent.new(self.tenant, "balance.updated", {
-                "customerId": str(r.customer_id), "balanceMicros": balances[account],
-                "currency": currency, "cause": "online"})])
-        return result.amount_micros
+        return _Close(reservation_id, _units(body, "usedUnits") if operation == "commit"
+                      else None)
 
     def _reservation_id(self, body: dict[str, Any]) -> uuid.UUID:
         try:
@@ -260,42 +244,247 @@ class OnlineCharging:
         except ValueError as exc:
             raise BadRequest("reservationId: must be a UUID") from exc
 
-    async def _release(self, conn: Connection, body: dict[str, Any]) -> dict[str, Any]:
-        reservation_id = self._reservation_id(body)
-        r = await reservations_repo.lock(conn, reservation_id)
+    async def _decide(self, conn: Connection,
+                      group: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Decide a group of requests in the caller's transaction, in a fixed number of
+        statements whatever its size: read (retries, subscriptions, the reservations to
+        close, locked), lock (every row the group may change, in the engines' lock order, so
+        two groups never deadlock), then one write of all the decisions, taken one after
+        another against the locked rows as each decision leaves them.
+
+        Every BadRequest is raised before the first statement, so refusing one request
+        never disturbs the others in its group."""
+        answers: list[dict[str, Any] | None] = [None] * len(group)
+        reserves: list[tuple[int, _Reserve]] = []
+        closes: list[tuple[int, _Close]] = []
+        for i, (operation, body) in enumerate(group):
+            try:
+                request = self._parse(operation, body)
+            except BadRequest as exc:
+                answers[i] = {"result": ResultCode.INVALID_REQUEST, "detail": str(exc)}
+                continue
+            if isinstance(request, _Reserve):
+                reserves.append((i, request))
+            else:
+                closes.append((i, request))
+        if not reserves and not closes:
+            return [a for a in answers if a is not None]
+        found = await reservations_repo.read(
+            conn, [(q.session_id, q.request_number, q.subscriber) for _, q in reserves],
+            [q.reservation_id for _, q in closes])
+        reservations = {rid: r for rid, (r, _) in found.locked.items()}
+        to_price = [(i, q) for n, (i, q) in enumerate(reserves) if n not in found.previous]
+        committed = {q.reservation_id for _, q in closes if q.used is not None
+                     and q.reservation_id in reservations
+                     and reservations[q.reservation_id].state == "pending"}
+        if to_price or committed:
+            await self.catalog.refresh(conn, max_age_s=CATALOG_MAX_AGE_S)
+        now = datetime.now(UTC)
+
+        # What each request would change: the rows to lock.
+        allowances: dict[BucketKey, BucketTerms] = {}
+        paid: set[PaidKey] = set()
+        accounts: set[str] = set()
+        for n, (i, q) in enumerate(reserves):
+            previous = found.previous.get(n)
+            if previous is not None:  # a retry: the first answer stands
+                answers[i] = self._granted(previous)
+                continue
+            try:
+                pricing = resolve(self.catalog, q.subscriber, found.subscriptions.get(n), now)
+            except UsageRejected as rejected:
+                code = (ResultCode.USER_UNKNOWN if rejected.reason == "UNKNOWN_SUBSCRIBER"
+                        else ResultCode.RATING_FAILED)
+                answers[i] = {"result": code, "detail": rejected.detail}
+                continue
+            q.plan, q.line = self._plan(pricing, q.service)
+            q.timezone = pricing.catalog.timezone
+            q.revision = pricing.revision
+            local = local_date(now, q.timezone)
+            q.keys = q.plan.allowance_keys(q.line, local)
+            q.paid_key = q.plan.paid_key(q.line, local)
+            q.account = customer_account(str(q.plan.owner(q.line).customer_id))
+            allowances.update(q.keys)
+            if q.paid_key is not None:
+                paid.add(q.paid_key)
+            accounts.add(q.account)
+        priced: dict[uuid.UUID, _Priced] = {}
+        for _, c in closes:
+            r = reservations.get(c.reservation_id)
+            if r is None or r.state != "pending":
+                continue
+            for key, _ in r.held_allowances():
+                allowances.setdefault(key, (0, None))  # the rows exist: terms are unused
+            accounts.add(customer_account(str(r.customer_id)))
+            if r.reservation_id in committed and r.reservation_id not in priced:
+                price = await self._price(conn, r, found.locked[r.reservation_id][1], now)
+                priced[r.reservation_id] = price
+                if price.paid_key is not None:
+                    paid.add(price.paid_key)
+
+        locked = (await reservations_repo.lock(conn, self.tenant, allowances, paid, accounts)
+                  if allowances or paid or accounts else Locked({}, {}, {}))
+        group_state = _Group(locked, reservations)
+        requests: list[tuple[int, _Reserve | _Close]] = [*reserves, *closes]
+        for i, request in sorted(requests, key=lambda x: x[0]):
+            if answers[i] is not None:
+                continue
+            if isinstance(request, _Reserve):
+                answers[i] = self._decide_reserve(group_state, request, now)
+            elif request.used is None:
+                answers[i] = self._decide_release(group_state, request)
+            else:
+                answers[i] = self._decide_commit(group_state, request, priced, now)
+        writes = group_state.writes
+        if group_state.shared:
+            writes.transfers += await accruals.accrue(
+                conn, self.tenant, self.catalog.get, group_state.shared)
+        if writes:
+            await reservations_repo.write(conn, self.tenant, writes)
+        return [a for a in answers if a is not None]
+
+    def _decide_reserve(self, g: _Group, q: _Reserve, now: datetime) -> dict[str, Any]:
+        created = g.created.get((q.session_id, q.request_number))
+        if created is not None:  # the same request twice in the group
+            return self._granted(created)
+        assert q.plan is not None
+        buckets = [AllowanceBucket(k[0], k[1], k[2], *g.allowances[k]) for k, _ in q.keys]
+        tariff = q.plan.tariff
+        factor, applied = q.plan.factors(q.line, q.attributes, self.congestion)
+        price_after = (pricer(tariff, g.paid[q.paid_key] if q.paid_key else 0,
+                              When(now, q.timezone), factor) if tariff else None)
+        state = g.accounts[q.account]
+        grant = decide_grant(q.requested, buckets, price_after, state.spendable_micros,
+                             tariff.increment if tariff else 1)
+        if grant.units == 0:
+            return {"result": ResultCode.CREDIT_LIMIT_REACHED if q.requested
+                    else ResultCode.SUCCESS, "grantedUnits": 0}
+        owner = q.plan.owner(q.line)
+        reservation = Reservation(
+            reservation_id=uuid.uuid4(), session_id=q.session_id,
+            request_number=q.request_number, subscription_id=owner.subscription_id,
+            customer_id=owner.customer_id, service=q.service.value, granted_units=grant.units,
+            allowance_units=[[str(d.subscription_id), d.allowance,
+                              d.period_start.isoformat(), d.units] for d in grant.draws],
+            pending_micros=grant.amount_micros, catalog_revision=q.revision,
+            price_factors=applied, price_factor=str(factor), created_at=now,
+            state="pending", used_units=None, charged_micros=None,
+            expires_at=now + timedelta(seconds=self.policy.validity_s))
+        g.hold([((d.subscription_id, d.allowance, d.period_start), d.units)
+                for d in grant.draws], [], q.account, grant.amount_micros)
+        g.writes.reservations.append(reservation)
+        g.created[(q.session_id, q.request_number)] = reservation
+        return self._granted(reservation)
+
+    def _granted(self, r: Reservation) -> dict[str, Any]:
+        return {"result": ResultCode.SUCCESS, "reservationId": str(r.reservation_id),
+                "grantedUnits": r.granted_units, "validitySeconds": self.policy.validity_s,
+                "expiresAt": r.expires_at.isoformat()}
+
+    async def _price(self, conn: Connection, r: Reservation,
+                     subscription: ActiveSubscription | None, now: datetime) -> _Priced:
+        """How the commit of `r` is priced: with its revision, its subscription's offer."""
+        catalog = self.catalog.get(r.catalog_revision)
+        if catalog is None:  # granted by a replica that saw a newer revision than we did
+            await self.catalog.refresh(conn)
+            catalog = self.catalog.get(r.catalog_revision)
+        assert catalog is not None, "refresh() loads every revision up to the newest"
+        subs = [] if subscription is None else [subscription]
+        pricing = at_revision(self.catalog, r.catalog_revision, subs, now)
+        if pricing is None:
+            return _Priced(catalog, None, None, subs)
+        plan, line = self._plan(pricing, Service(r.service))
+        return _Priced(catalog, plan.tariff, plan.paid_key(line, local_date(now, catalog.timezone)),
+                       subs)
+
+    def _decide_commit(self, g: _Group, q: _Close, priced: dict[uuid.UUID, _Priced],
+                       now: datetime) -> dict[str, Any]:
+        assert q.used is not None
+        r = g.reservations.get(q.reservation_id)
+        if r is None:
+            return {"result": ResultCode.UNKNOWN_RESERVATION}
+        if r.state == "posted" and r.used_units == min(q.used, r.granted_units):
+            return self._committed(r, r.used_units, r.charged_micros or 0)
+        if r.state != "pending":
+            return {"result": ResultCode.RESERVATION_CLOSED, "state": r.state}
+        used = min(q.used, r.granted_units)  # usage beyond the grant is not granted
+        p = priced[r.reservation_id]
+        held = r.held_allowances()
+        price_after = (pricer(p.tariff, g.paid[p.paid_key] if p.paid_key else 0,
+                              When(r.created_at, p.catalog.timezone), Fraction(r.price_factor))
+                       if p.tariff else None)
+        result = settle(used, held, price_after)
+        account = customer_account(str(r.customer_id))
+        # What may be debited once this reservation's own hold is lifted.
+        state = g.hold([(k, -u) for k, u in held], result.draws, account, -r.pending_micros)
+        from_balance, overage = split_prepaid(result.amount_micros, state.spendable_micros)
+        cause = str(r.reservation_id)
+        currency = p.catalog.currency
+        transfers = g.writes.transfers
+        if from_balance:
+            transfers.append(Transfer(transfer_id(cause, "charge"), account,
+                                      revenue_account("usage"), from_balance, currency,
+                                      TransferCode.USAGE, cause))
+            balance = state.balance_micros - from_balance
+            g.accounts[account] = AccountState(balance, state.pending_micros,
+                                               state.floor_micros)
+            g.writes.balances[account] = balance
+            event = DomainEvent.new(self.tenant, "balance.updated", {
+                "customerId": str(r.customer_id), "balanceMicros": balance,
+                "currency": currency, "cause": "online"})
+            g.writes.events.append((event.id, event.subject, event.to_bytes()))
+        if overage:
+            transfers.append(Transfer(transfer_id(cause, "overage"),
+                                      overage_account(str(r.customer_id)),
+                                      revenue_account("usage"), overage, currency,
+                                      TransferCode.USAGE_OVERAGE, cause))
+        if p.paid_key is not None and result.paid_units:
+            g.paid[p.paid_key] += result.paid_units
+            g.writes.paid[p.paid_key] = g.paid[p.paid_key]
+        rated = RatedRow(
+            r.reservation_id, r.subscription_id, r.customer_id, r.service, used,
+            sum(u for _, u in result.draws), result.paid_units, result.amount_micros,
+            currency, p.tariff.price_name if p.tariff else None, r.catalog_revision, now,
+            r.price_factors)
+        g.writes.rated.append(rated)
+        g.shared += [accruals.revenue_of(rated, s.offer) for s in p.subs]
+        g.close(r, "posted", used, result.amount_micros)
+        return self._committed(r, used, result.amount_micros)
+
+    def _committed(self, r: Reservation, used: int, charged: int) -> dict[str, Any]:
+        return {"result": ResultCode.SUCCESS, "reservationId": str(r.reservation_id),
+                "usedUnits": used, "chargedMicros": charged}
+
+    def _decide_release(self, g: _Group, q: _Close) -> dict[str, Any]:
+        r = g.reservations.get(q.reservation_id)
         if r is None:
             return {"result": ResultCode.UNKNOWN_RESERVATION}
         if r.state in ("voided", "expired"):
             return {"result": ResultCode.SUCCESS, "state": r.state}
         if r.state != "pending":
             return {"result": ResultCode.RESERVATION_CLOSED, "state": r.state}
-        await self._void(conn, r, "voided")
+        g.hold([(k, -u) for k, u in r.held_allowances()], [],
+               customer_account(str(r.customer_id)), -r.pending_micros)
+        g.close(r, "voided", None, None)
         return {"result": ResultCode.SUCCESS, "state": "voided"}
-
-    async def _void(self, conn: Connection, r: Reservation, state: str) -> None:
-        await reservations_repo.hold(conn, customer_account(str(r.customer_id)),
-                                     [(k, -u) for k, u in r.held_allowances()], -r.pending_micros)
-        await reservations_repo.close(conn, r.reservation_id, state)
 
     async def expire_due(self) -> int:
         """Void reservations past their validity and return their holds."""
         async with tenant_tx(self.pool, self.tenant) as conn:
             due = await reservations_repo.expired(conn, EXPIRY_BATCH_MAX)
-            for reservation_id in due:
-                r = await reservations_repo.lock(conn, reservation_id)
-                assert r is not None
-                await self._void(conn, r, "expired")
+            if due:
+                await reservations_repo.void(conn, due, "expired")
         return len(due)
 
     async def handle(self, operation: str, payload: bytes) -> dict[str, Any]:
         """Decode a request and have it decided in the next group transaction."""
         try:
-            body = json.loads(payload)
+            body = orjson.loads(payload)
             if not isinstance(body, dict):
                 raise BadRequest("request must be a JSON object")
             if operation not in _OPERATIONS:
                 raise BadRequest(f"operation: one of {', '.join(_OPERATIONS)}")
-        except (BadRequest, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (BadRequest, orjson.JSONDecodeError) as exc:
             return {"result": ResultCode.INVALID_REQUEST, "detail": str(exc)}
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((operation, body, future))
@@ -311,22 +500,66 @@ class OnlineCharging:
 
     async def _decide_groups(self) -> None:
         """Group commit: the requests waiting when a transaction starts share it (one BEGIN,
-        one COMMIT and its WAL flush for many). Under light load a group is one request."""
-        while True:
-            group = [await self._queue.get()]
-            while len(group) < GROUP_MAX and not self._queue.empty():
-                group.append(self._queue.get_nowait())
-            try:
-                answers = await self._decide_together(group)
-            except Exception:  # the group's transaction rolled back: decide each alone
-                answers = [await self._decide_alone(op, body) for op, body, _ in group]
-            for (_, _, future), answer in zip(group, answers, strict=True):
-                if not future.done():
-                    future.set_result(answer)
+        one read, one lock, one write, one COMMIT and its WAL flush for all). Under light
+        load a group is one request.
 
-    async def _decide_together(self, group: list[_Queued]) -> list[dict[str, Any]]:
-        async with tenant_tx(self.pool, self.tenant) as conn:
-            return [await self._decide(conn, op, body) for op, body, _ in group]
+        A worker keeps its connection while requests keep coming (the pool resets a
+        connection it gets back: a round trip), gives it back once none came for
+        CONNECTION_LINGER_S, after its answers are out, and after a failure."""
+        held: Any = None  # the pool's proxy of the connection
+        try:
+            while True:
+                if held is None:
+                    first = await self._queue.get()
+                else:
+                    try:
+                        first = await asyncio.wait_for(self._queue.get(), CONNECTION_LINGER_S)
+                    except TimeoutError:
+                        await self._give_back(held)
+                        held = None
+                        continue
+                group = self._take([first])
+                try:
+                    if held is None:
+                        held = await self.pool.acquire()
+                    answers = await self._decide_together(cast("Connection", held), group)
+                except Exception:  # rolled back, or no connection: decide each alone
+                    if held is not None:
+                        await self._give_back(held)
+                        held = None
+                    answers = [await self._decide_alone(op, body) for op, body, _ in group]
+                self._answer(group, answers)
+        finally:
+            if held is not None:
+                await self._give_back(held)
+
+    async def _give_back(self, held: Any) -> None:
+        with contextlib.suppress(Exception):  # a broken connection is dropped by the pool
+            await self.pool.release(held)
+
+    def _take(self, group: list[_Queued]) -> list[_Queued]:
+        """Add the requests waiting now, up to GROUP_MAX."""
+        while len(group) < GROUP_MAX and not self._queue.empty():
+            group.append(self._queue.get_nowait())
+        return group
+
+    @staticmethod
+    def _answer(group: list[_Queued], answers: list[dict[str, Any]]) -> None:
+        for (_, _, future), answer in zip(group, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)
+
+    async def _decide_together(self, conn: Connection,
+                               group: list[_Queued]) -> list[dict[str, Any]]:
+        await conn.execute(self._begin)
+        try:
+            answers = await self._decide(conn, [(op, body) for op, body, _ in group])
+        except BaseException:
+            if not conn.is_closed():
+                await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+        return answers
 
     async def _decide_alone(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         """One request in its own transaction: a deadlock or serialization failure is retried
@@ -334,7 +567,7 @@ class OnlineCharging:
         for attempt in range(1, RETRIES_MAX + 1):
             try:
                 async with tenant_tx(self.pool, self.tenant) as conn:
-                    return await self._decide(conn, operation, body)
+                    return (await self._decide(conn, [(operation, body)]))[0]
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 if attempt < RETRIES_MAX:
                     continue
@@ -349,19 +582,6 @@ class OnlineCharging:
                               operation=operation)
             break
         return {"result": ResultCode.UNABLE_TO_COMPLY}
-
-    async def _decide(self, conn: Connection, operation: str,
-                      body: dict[str, Any]) -> dict[str, Any]:
-        """Every BadRequest is raised before the request's first statement, so refusing one
-        request never disturbs the others in its group."""
-        try:
-            if operation == "reserve":
-                return await self._reserve(conn, body)
-            if operation == "commit":
-                return await self._commit(conn, body)
-            return await self._release(conn, body)
-        except BadRequest as exc:
-            return {"result": ResultCode.INVALID_REQUEST, "detail": str(exc)}
 
     async def _defer(self, body: dict[str, Any]) -> dict[str, Any]:
         """`continue` mode: grant the configured quota now and charge it later, as a usage
@@ -402,7 +622,7 @@ async def serve(nc: Client, online: OnlineCharging, stop: asyncio.Event,
                 log.exception("online charging request failed", tenant=online.tenant,
                               operation=operation)
                 reply = {"result": ResultCode.UNABLE_TO_COMPLY}
-            await msg.respond(json.dumps(reply, separators=(",", ":")).encode())
+            await msg.respond(orjson.dumps(reply))
 
     def handler(operation: str) -> Any:
         async def on_message(msg: Msg) -> None:
