@@ -1,11 +1,11 @@
 """GraphQL API benchmarks, each against a baseline taken in the same run.
 
 (a) The customer dashboard query (profile, balance, allowances, subscriptions, the last 20
-    rated usage records) over HTTP against `tollgate api` in its own process, with a
-    closed-loop client on keep-alive connections, versus the same query executed in-process
-    with the same strawberry schema (`schema.execute`, parser and validation caches on)
-    over the same PostgreSQL. Latency is also measured open loop at 70 % of the HTTP
-    maximum. Invoices are not in the query yet: the schema has none.
+    rated usage records, the last 3 invoices with their lines) over HTTP against
+    `tollgate api` in its own process, with a closed-loop client on keep-alive connections,
+    versus the same query executed in-process with the same strawberry schema
+    (`schema.execute`, parser and validation caches on) over the same PostgreSQL. Latency is
+    also measured open loop at 70 % of the HTTP maximum.
 (b) Fan-out: one `evt.balance.updated` NATS event to 1,000 graphql-transport-ws subscribers
     of `balanceChanged`, publish → each subscriber's `next` message, versus a bare
     `websockets` server forwarding the NATS message to 1,000 plain websocket clients.
@@ -26,9 +26,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import websockets
 from nats.js.errors import NotFoundError
@@ -43,20 +45,25 @@ from bench.common import (
     publish_usage,
     record,
 )
+from tollgate_api.app import open_pool
 from tollgate_api.auth import Principal, TokenVerifier
 from tollgate_api.context import Context
 from tollgate_api.live import EventHub
 from tollgate_api.schema import build_schema
 from tollgate_core import customer_service
+from tollgate_core.billing.run import bill_run, last_closed_period
+from tollgate_core.domain.billing import local_midnight
 from tollgate_core.domain.events import DomainEvent
 from tollgate_core.engines.charging import ChargingEngine
 from tollgate_core.local.servers import free_port
 from tollgate_core.settings import ChargingSettings
-from tollgate_core.store.db import Pool, create_pool
+from tollgate_core.store import catalog_repo
+from tollgate_core.store.db import Pool, tenant_tx
 
 TENANT = "bench"
 CUSTOMERS = 200
 USAGE_PER_CUSTOMER = 25
+INVOICES_PER_CUSTOMER = 4
 WORKERS = 8
 WARMUP_S = 2.0
 MEASURE_S = 10.0
@@ -76,6 +83,12 @@ DASHBOARD = """query Dashboard {
                      charge { amount currency } catalogRevision startTime } }
       pageInfo { hasNextPage endCursor }
     }
+    invoices(first: 3) {
+      edges { node { id billNo kind state billDate paymentDueDate
+                     billingPeriod { start end }
+                     amountDue { amount currency } remainingAmount { amount currency }
+                     lines { type name net { amount currency } } } }
+    }
   }
 }"""
 BALANCE = ("subscription Balance($id: UUID!) { balanceChanged(customerId: $id) {"
@@ -87,6 +100,28 @@ class Figures:
     rate: float
     p50_ms: float
     p99_ms: float
+    cpu_ms: float | None = None
+    """CPU time (user + system) of the `tollgate api` process per query."""
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux), None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def with_cpu(pid: int, load: Awaitable[tuple[float, list[float]]]) -> Figures:
+    """`load`'s figures, with the CPU the process `pid` spent per query meanwhile."""
+    before = process_cpu_s(pid)
+    rate, latencies = await load
+    after = process_cpu_s(pid)
+    measured = figures(rate, latencies)
+    if before is not None and after is not None and latencies:
+        measured.cpu_ms = (after - before) / len(latencies) * 1000
+    return measured
 
 
 def quantile(values: list[float], q: int) -> float:
@@ -108,6 +143,26 @@ async def customers(pool: Pool, count: int) -> list[tuple[str, str]]:
                                            idempotency_key=f"ord-{line}")
         made.append((str(customer), line))
     return made
+
+
+async def bill(env: Env, periods: int) -> None:
+    """`periods` invoices per customer: their subscriptions are moved back to before the
+    first of the last `periods` closed bill periods, and each period is billed."""
+    async with tenant_tx(env.pool, TENANT, readonly=True) as conn:
+        spec = await catalog_repo.get_tenant(conn, TENANT)
+    assert spec is not None
+    billed = [last_closed_period(datetime.now(UTC), spec)]
+    while len(billed) < periods:
+        billed.insert(0, billed[0].previous())
+    started = local_midnight(billed[0].start, spec.timezone)
+    conn = await asyncpg.connect(env.owner_dsn)
+    try:
+        await conn.execute("UPDATE subscriptions SET started_at = $2 WHERE tenant_id = $1",
+                           TENANT, started)
+    finally:
+        await conn.close()
+    for period in billed:
+        await bill_run(env.pool, TENANT, period)
 
 
 async def rate_all(env: Env) -> None:
@@ -242,10 +297,10 @@ def figures(rate: float, latencies: list[float]) -> Figures:
     return Figures(rate, quantile(latencies, 50), quantile(latencies, 99))
 
 
-async def dashboard(env: Env, port: int, verifier: TokenVerifier,
+async def dashboard(env: Env, port: int, api_pid: int, verifier: TokenVerifier,
                     people: list[tuple[str, str]]) -> dict[str, Figures]:
     """Closed loop with WORKERS and with one client, in-process and over HTTP; then HTTP open
-    loop at 70 % of its closed-loop maximum."""
+    loop at 70 % of its closed-loop maximum. Over HTTP, the API process's CPU per query."""
     tokens = [verifier.mint(TENANT, customer, ["customer"]) for customer, _ in people]
     requests = [http_request(port, token, DASHBOARD) for token in tokens]
 
@@ -257,7 +312,7 @@ async def dashboard(env: Env, port: int, verifier: TokenVerifier,
         return call, connection.close
 
     schema = build_schema(introspection=False)
-    pool = await create_pool(env.app_dsn, max_size=20)  # as the API process has
+    pool = await open_pool(env.app_dsn)  # the API process's pool
     hub = EventHub()
     principals = [Principal(TENANT, customer, frozenset({"customer"})) for customer, _ in people]
 
@@ -279,10 +334,14 @@ async def dashboard(env: Env, port: int, verifier: TokenVerifier,
     finally:
         await pool.close()
     await closed_loop(http_worker, WARMUP_S)
-    results["http"] = figures(*await closed_loop(http_worker, MEASURE_S))
-    results["http_1"] = figures(*await closed_loop(http_worker, MEASURE_S, 1))
+    results["http"] = await with_cpu(api_pid, closed_loop(http_worker, MEASURE_S))
+    results["http_1"] = await with_cpu(api_pid, closed_loop(http_worker, MEASURE_S, 1))
     rate_70 = results["http"].rate * 0.7
-    results["http_70"] = figures(rate_70, await open_loop(port, requests, rate_70, MEASURE_S))
+
+    async def at_70() -> tuple[float, list[float]]:
+        return rate_70, await open_loop(port, requests, rate_70, MEASURE_S)
+
+    results["http_70"] = await with_cpu(api_pid, at_70())
     return results
 
 
@@ -469,9 +528,11 @@ def recorded_part(letter: str) -> tuple[str, list[str]]:
 def dashboard_lines(dash: dict[str, Figures]) -> list[str]:
     return [
         f"(a) Customer dashboard query (profile, balance, allowances, subscriptions, last 20 of "
-        f"{USAGE_PER_CUSTOMER} rated usage records; no invoices yet: the schema has none) for "
+        f"{USAGE_PER_CUSTOMER} rated usage records, last 3 of {INVOICES_PER_CUSTOMER} invoices "
+        f"with their lines) for "
         f"{CUSTOMERS} customers, each with its own customer token. `tollgate api` runs in its "
-        f"own process (uvicorn, default rate limit on); {WORKERS} closed-loop clients on "
+        f"own process (uvicorn with uvloop and httptools, default rate limit on); {WORKERS} "
+        "closed-loop clients on "
         f"keep-alive connections for {MEASURE_S:.0f} s after {WARMUP_S:.0f} s warm-up; the "
         "baseline executes the same query in this process with the same schema "
         "(`schema.execute`, parser and validation caches on) and the same pool size. Then one "
@@ -488,7 +549,20 @@ def dashboard_lines(dash: dict[str, Figures]) -> list[str]:
               ("http_1", "Tollgate: POST /graphql, 1 client"),
               ("http_70", "Tollgate: POST /graphql, open loop at 70 % of its maximum")]],
         f"| throughput ratio (goal ≥ 0.5×) | {dash['http'].rate / dash['base'].rate:.2f}× | | |",
+        *cpu_lines(dash),
     ]
+
+
+def cpu_lines(dash: dict[str, Figures]) -> list[str]:
+    """What the API process spent per query, and how busy the open loop kept it."""
+    cpu = [dash[key].cpu_ms for key in ("http", "http_1", "http_70")]
+    if any(ms is None for ms in cpu):
+        return []
+    many, one, open_ = (ms or 0.0 for ms in cpu)
+    busy = dash["http_70"].rate * open_ / 1000
+    return ["", f"`tollgate api` CPU per query (user + system): {many:.2f} ms with {WORKERS} "
+            f"clients, {one:.2f} ms with one, {open_:.2f} ms in the open loop, which kept it "
+            f"busy {busy:.0%} of the time (a query costs more CPU when few run at once)."]
 
 
 def fanout_lines(ours: list[float], bare: list[float]) -> list[str]:
@@ -521,6 +595,7 @@ async def main() -> None:
             await publish_usage(env.nc, TENANT, [line for _, line in people],
                                 CUSTOMERS * USAGE_PER_CUSTOMER)
             await rate_all(env)
+            await bill(env, INVOICES_PER_CUSTOMER)
             await analyze(env.owner_dsn)
 
         secret = secrets.token_urlsafe(32)
@@ -532,7 +607,7 @@ async def main() -> None:
             await wait_healthy(port, api)
             verifier = TokenVerifier(secret, ISSUER)
             if "dashboard" in parts:
-                dash = await dashboard(env, port, verifier, people)
+                dash = await dashboard(env, port, api.pid, verifier, people)
             if "fanout" in parts:
                 watched = people[0][0]
                 agents = [verifier.mint(TENANT, f"agent-{n}", ["agent"])

@@ -49,8 +49,11 @@ class Context:
         return Loaders(self.pool, self.tenant)
 
     def forget_reads(self) -> None:
-        """After a change: reads later in the request (or operation) see it."""
-        self.__dict__.pop("loaders", None)
+        """After a change: reads later in the request (or operation) see it. At the end of
+        an operation: its reads' transaction ends."""
+        loaders: Loaders | None = self.__dict__.pop("loaders", None)
+        if loaders is not None:
+            loaders.waves.release()
 
     def customer_scope(self) -> uuid.UUID | None:
         """The one customer the caller may see, or None for the whole tenant (agents, admins).

@@ -60,12 +60,29 @@ class Customer:
     created_at: datetime
     erased_at: datetime | None = strawberry.field(
         description="When the customer's personal data was erased (GDPR), if it was.")
+    own_timezone: strawberry.Private[str | None] = None
 
     @classmethod
     def of(cls, row: CustomerRow) -> Customer:
         return cls(id=row.customer_id, name=row.name, email=row.email,
                    customer_type=row.customer_type, payment_type=row.payment_type,
-                   created_at=row.created_at, erased_at=row.erased_at)
+                   created_at=row.created_at, erased_at=row.erased_at,
+                   own_timezone=row.timezone)
+
+    @strawberry.field(description="The IANA timezone the account is billed in: its bill cycle "
+                      "starts on the tenant's cycle day at local midnight there, and its "
+                      "proration days and usage periods are its local days. The account's "
+                      "own (set at registration) or else the tenant's.")
+    async def timezone(self, info: Info[Context, None]) -> str:
+        if self.own_timezone is not None:
+            return self.own_timezone
+        spec = await info.context.loaders.tenant_spec.load(info.context.tenant)
+        return spec.timezone if spec is not None else "UTC"
+
+    @strawberry.field(description="Whether `timezone` is the account's own (true) or the "
+                      "tenant's (false).")
+    def has_own_timezone(self) -> bool:
+        return self.own_timezone is not None
 
     @strawberry.field(description="Plans and add-ons, oldest first.")
     async def subscriptions(self, info: Info[Context, None]) -> list[Subscription]:

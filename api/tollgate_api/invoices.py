@@ -45,8 +45,8 @@ class BillingRateType(Enum):
     DISCOUNT = "discount"
 
 
-@strawberry.type(description="Local calendar days [start, end) in the tenant's timezone: "
-                 "`end` is the first day after the period.")
+@strawberry.type(description="Local calendar days [start, end) in the account's timezone "
+                 "(`Customer.timezone`): `end` is the first day after the period.")
 class DatePeriod:
     start: date
     end: date

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from datetime import date, datetime
@@ -14,7 +15,6 @@ from strawberry.extensions import (
     MaskErrors,
     ParserCache,
     SchemaExtension,
-    ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
@@ -41,6 +41,7 @@ from tollgate_api.customers import (
     order_from_data,
     order_view,
 )
+from tollgate_api.execution import ExecutionContext
 from tollgate_api.fanout import operation_sink
 from tollgate_api.invoices import (
     DatePeriod,
@@ -49,7 +50,7 @@ from tollgate_api.invoices import (
     InvoiceState,
     load_invoice,
 )
-from tollgate_api.limits import limit_extensions
+from tollgate_api.limits import ValidationCache, limit_extensions
 from tollgate_api.network_apis import RequestQualityOnDemandResult, request_quality_on_demand
 from tollgate_api.offers import offer_view
 from tollgate_api.partners import PartnerAgreement, partner_view
@@ -205,6 +206,10 @@ class RegisterCustomerInput:
     email: str
     payment_type: str = "postpaid"
     customer_type: str = "consumer"
+    timezone: str | None = strawberry.field(
+        default=None, description="IANA timezone the account is billed in, e.g. "
+        "America/New_York: its bill cycle starts on the tenant's cycle day at local midnight "
+        "there. Omitted: the tenant's timezone. An unknown zone is a VALIDATION error.")
 
 
 @strawberry.type
@@ -309,7 +314,7 @@ class Mutation:
             customer_id = await customer_service.register_customer(
                 ctx.pool, ctx.tenant, name=input.name, email=input.email,
                 payment_type=input.payment_type, customer_type=input.customer_type,
-                idempotency_key=idempotency_key)
+                idempotency_key=idempotency_key, timezone=input.timezone)
         except DomainError as exc:
             return user_error(exc)
         return RegisterCustomerSuccess(customer=await load_customer(ctx, customer_id))
@@ -577,14 +582,17 @@ async def _customer_events(info: Info[Context, None], event: str,
 
 class RequestScope(SchemaExtension):
     """Per operation: start with empty DataLoaders (a websocket connection runs many
-    operations). Credentials, API keys included, are resolved before execution (HTTP:
-    `GraphQLHTTP`, websockets: `connection_init`)."""
+    operations), and end their reads' transaction with the operation. Credentials, API keys
+    included, are resolved before execution (HTTP: `GraphQLHTTP`, websockets:
+    `connection_init`)."""
 
     async def on_operation(self) -> AsyncIterator[None]:
         ctx = self.execution_context.context
         if isinstance(ctx, Context):
             ctx.forget_reads()
         yield
+        if isinstance(ctx, Context):
+            ctx.forget_reads()
 
 
 DEPTH_MAX = 10
@@ -599,12 +607,13 @@ DEFAULT_PAGE = 20
 
 def build_schema(introspection: bool = True) -> strawberry.Schema:
     """Limits bound what one request may ask for; parsing and validation are cached."""
+    validated: OrderedDict[Any, Any] = OrderedDict()
     extensions: list[Any] = [
         RequestScope,
         *limit_extensions(DEPTH_MAX, ALIASES_MAX, TOKENS_MAX, COMPLEXITY_MAX,
                           DEFAULT_PAGE, MAX_PAGE),  # before the caches
         lambda: ParserCache(maxsize=256),
-        lambda: ValidationCache(maxsize=256),
+        lambda: ValidationCache(validated, maxsize=256),
         lambda: MaskErrors(should_mask_error=is_internal),
     ]
     if not introspection:
@@ -613,5 +622,6 @@ def build_schema(introspection: bool = True) -> strawberry.Schema:
         query=Query, mutation=Mutation, subscription=LiveUpdates,
         extensions=extensions,
         config=StrawberryConfig(scalar_map={Long: LONG_SCALAR}),
+        execution_context_class=ExecutionContext,
     )
 

@@ -40,10 +40,13 @@ class Money:
     amount_micros: int = strawberry.field(graphql_type=Long,
                                           description="Micro-units (10^-6 of the major unit).")
     currency: str = strawberry.field(description="ISO 4217 code.")
+    # Always formatted from amount_micros when made (whatever is passed): a plain field
+    # costs far less to serve than a resolver (ADR 0009).
+    amount: str = strawberry.field(
+        default="", description="Decimal amount in major units, exact (e.g. \"12.5\").")
 
-    @strawberry.field(description="Decimal amount in major units, exact (e.g. \"12.5\").")
-    def amount(self) -> str:
-        return format_micros(self.amount_micros)
+    def __post_init__(self) -> None:
+        self.amount = format_micros(self.amount_micros)
 
 
 @strawberry.type(description="Remaining units of one allowance in its current period.")
