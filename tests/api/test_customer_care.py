@@ -122,24 +122,6 @@ async def post(api: Api, query: str, headers: dict[str, str],
 
 
 @pytest.fixture
-def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every statement sent to PostgreSQL by any asyncpg connection of this process (the
-    in-process API server's included), recorded on the real connection class."""
-    sent: list[str] = []
-    for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
-        original = getattr(asyncpg.connection.Connection, name)
-
-        def counted(original: Any) -> Any:
-            async def method(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
-                sent.append(query)
-                return await original(self, query, *args, **kwargs)
-            return method
-
-        monkeypatch.setattr(asyncpg.connection.Connection, name, counted(original))
-    return sent
-
-
-@pytest.fixture
 def measured(statements: list[str]) -> Any:
     async def count(request: Any) -> tuple[int, dict[str, Any]]:
         statements.clear()

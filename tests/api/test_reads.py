@@ -28,23 +28,6 @@ async def api_pool(servers: Servers) -> AsyncIterator[Pool]:
     await pool.close()
 
 
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Statements sent by any asyncpg connection of this process."""
-    statements: list[str] = []
-    for name in ("execute", "fetch", "fetchrow", "fetchval"):
-        original = getattr(asyncpg.connection.Connection, name)
-
-        def counted(original: Any) -> Any:
-            async def method(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
-                statements.append(query)
-                return await original(self, query, *args, **kwargs)
-            return method
-
-        monkeypatch.setattr(asyncpg.connection.Connection, name, counted(original))
-    return statements
-
-
 def read(sql: str) -> Any:
     async def run(conn: Connection) -> Any:
         return await conn.fetchval(sql)
@@ -52,7 +35,7 @@ def read(sql: str) -> Any:
 
 
 async def test_reads_asked_in_one_turn_share_one_transaction_of_the_tenant(
-        api_pool: Pool, tenant_name: str, sent: list[str]) -> None:
+        api_pool: Pool, tenant_name: str, statements: list[str]) -> None:
     waves = Waves(api_pool, tenant_name)
     started = "SELECT transaction_timestamp()::text || ' ' || pg_backend_pid()"
     results = await asyncio.gather(
@@ -62,25 +45,26 @@ async def test_reads_asked_in_one_turn_share_one_transaction_of_the_tenant(
                         " || ' ' || current_setting('plan_cache_mode')")))
     assert results[0] == results[1]  # one transaction on one connection
     assert results[2] == f"{tenant_name} on force_generic_plan"
-    assert len(sent) == 4 and sent[0].startswith("BEGIN")  # BEGIN with the tenant, 3 reads
+    # BEGIN with the tenant, then 3 reads
+    assert len(statements) == 4 and statements[0].startswith("BEGIN")
 
     # The next level of the request, a few turns later: the same transaction.
     assert await waves.read(read(started)) == results[0]
-    assert len(sent) == 5
+    assert len(statements) == 5
 
     # Idle for IDLE_TURNS turns: committed (with the session reset), the connection given
     # back, whatever the request is doing meanwhile.
     for _ in range(Waves.IDLE_TURNS + 1):
         await asyncio.sleep(0)
     await asyncio.sleep(0.1)
-    assert len(sent) == 6 and sent[-1].startswith("COMMIT;")
+    assert len(statements) == 6 and statements[-1].startswith("COMMIT;")
     assert api_pool.get_idle_size() == api_pool.get_size()
     later = await waves.read(read(started))
-    assert later != results[0] and sent[-2].startswith("BEGIN")
+    assert later != results[0] and statements[-2].startswith("BEGIN")
 
     waves.release()  # the operation ended: committed at once
     await asyncio.sleep(0.1)
-    assert sent[-1].startswith("COMMIT;") and api_pool.get_idle_size() == api_pool.get_size()
+    assert statements[-1].startswith("COMMIT;") and api_pool.get_idle_size() == api_pool.get_size()
 
 
 async def test_a_failing_read_fails_alone(api_pool: Pool, tenant_name: str) -> None:
@@ -94,16 +78,16 @@ async def test_a_failing_read_fails_alone(api_pool: Pool, tenant_name: str) -> N
 
 
 async def test_the_session_reset_travels_with_commit(api_pool: Pool, tenant_name: str,
-                                                     sent: list[str]) -> None:
+                                                     statements: list[str]) -> None:
     async with tenant_tx(api_pool, tenant_name) as tx:
         await tx.execute("SET application_name = 'left-behind'")  # session-wide
         await tx.execute("LISTEN left_behind")
-    assert sent[-1].startswith("COMMIT;") and "RESET ALL" in sent[-1]
-    statements = len(sent)
+    assert statements[-1].startswith("COMMIT;") and "RESET ALL" in statements[-1]
+    before = len(statements)
     async with api_pool.acquire() as conn:
         assert await conn.fetchval("SHOW application_name") != "left-behind"
         assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
-    assert len(sent) == statements + 3  # the two reads here and this release's own reset
+    assert len(statements) == before + 3  # the two reads here and this release's own reset
 
     # A transaction that fails is rolled back and reset on release, as asyncpg does.
     async def failing() -> None:

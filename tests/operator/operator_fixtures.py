@@ -111,6 +111,13 @@ def create_database_secret(cp: ControlPlane, namespace: str, dsn: str, owner_dsn
         "stringData": {"dsn": dsn, "ownerDsn": owner_dsn}})
 
 
+def database_namespace(cp: ControlPlane, prefix: str, app_dsn: str, owner_dsn: str) -> str:
+    """A fresh namespace holding the external database Secret its Tenants refer to."""
+    name = create_namespace(cp, prefix)
+    create_database_secret(cp, name, app_dsn, owner_dsn)
+    return name
+
+
 def plural(kind: str) -> str:
     return {"Tenant": "tenants", "Offer": "offers",
             "PartnerAgreement": "partneragreements"}[kind]

@@ -14,8 +14,7 @@ from tests.operator.operator_fixtures import (
     OperatorThread,
     condition,
     create,
-    create_database_secret,
-    create_namespace,
+    database_namespace,
     events,
     eventually,
     get,
@@ -44,9 +43,7 @@ def operator(control_plane: ControlPlane) -> Iterator[OperatorThread]:
 
 @pytest.fixture
 def ns(control_plane: ControlPlane, servers: Servers) -> str:
-    name = create_namespace(control_plane, PREFIX)
-    create_database_secret(control_plane, name, servers.app_dsn, servers.owner_dsn)
-    return name
+    return database_namespace(control_plane, PREFIX, servers.app_dsn, servers.owner_dsn)
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ from tests.operator.operator_fixtures import (
     OperatorProcess,
     condition,
     create,
-    create_database_secret,
-    create_namespace,
+    database_namespace,
     eventually,
     eventually_async,
     get_resource,
@@ -38,9 +37,7 @@ LOCK_WAITS = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lo
 
 @pytest.fixture
 def ns(control_plane: ControlPlane, servers: Servers) -> str:
-    name = create_namespace(control_plane, "tgkill")
-    create_database_secret(control_plane, name, servers.app_dsn, servers.owner_dsn)
-    return name
+    return database_namespace(control_plane, "tgkill", servers.app_dsn, servers.owner_dsn)
 
 
 @pytest.fixture

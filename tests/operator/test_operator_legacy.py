@@ -19,8 +19,8 @@ from tests.operator.operator_fixtures import (
     await_tenant_ready,
     condition,
     create,
-    create_database_secret,
     create_namespace,
+    database_namespace,
     eventually,
     get,
     get_resource,
@@ -44,9 +44,7 @@ def operator(control_plane: ControlPlane) -> Iterator[OperatorThread]:
 
 @pytest.fixture
 def ns(control_plane: ControlPlane, servers: Servers) -> str:
-    name = create_namespace(control_plane, PREFIX)
-    create_database_secret(control_plane, name, servers.app_dsn, servers.owner_dsn)
-    return name
+    return database_namespace(control_plane, PREFIX, servers.app_dsn, servers.owner_dsn)
 
 
 @pytest.fixture

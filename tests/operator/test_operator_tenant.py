@@ -15,8 +15,7 @@ from tests.operator.operator_fixtures import (
     await_tenant_ready,
     condition,
     create,
-    create_database_secret,
-    create_namespace,
+    database_namespace,
     events,
     eventually,
     get,
@@ -63,9 +62,7 @@ def migration_jobs(cp: ControlPlane, tenant: str, namespace: str) -> list[dict[s
 
 @pytest.fixture
 def ns(control_plane: ControlPlane, servers: Servers) -> str:
-    name = create_namespace(control_plane, PREFIX)
-    create_database_secret(control_plane, name, servers.app_dsn, servers.owner_dsn)
-    return name
+    return database_namespace(control_plane, PREFIX, servers.app_dsn, servers.owner_dsn)
 
 
 async def test_tenant_gets_all_children_then_becomes_ready_when_deployments_are_available(
