@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import platform
 import secrets
+import statistics
 import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -148,3 +151,75 @@ def record(title: str, lines: list[str]) -> None:
     kept = [s for s in sections[1:] if not s.startswith(title)]
     RESULTS.write_text("\n## ".join([sections[0].rstrip() + "\n", *kept]).rstrip() + "\n\n"
                        + "\n".join(block))
+
+
+# --- open-loop load --------------------------------------------------------------------------
+
+Call = Callable[[int], Awaitable[None]]
+"""One request; its argument numbers it (a caller may spread requests over lines by it)."""
+
+KEPT_UP = 0.95
+"""A rate is sustained when calls complete at least this fast relative to it (see `Paced`)."""
+STEP_S = 4.0
+
+
+@dataclass
+class Paced:
+    """An open-loop run: calls started on schedule at `rate`, whatever the answers' pace."""
+
+    rate: float
+    latencies: list[float]
+    """ms, from each call's scheduled start (a stalled server is not forgiven)"""
+    elapsed_s: float
+    """from the first scheduled start to the last completion"""
+
+    @property
+    def kept_up(self) -> bool:
+        """The service completed the calls at (nearly) the rate they came: its backlog did
+        not grow over the run. A queue growing by 5 % of the rate fails this, and so does a
+        latency beyond ~5 % of the run (200 ms in a 4-s step), however steady."""
+        return len(self.latencies) / self.elapsed_s >= KEPT_UP * self.rate
+
+
+async def open_loop(call: Call, rate: float, seconds: float, offset: int = 0) -> Paced:
+    """Start `call(offset + n)` at `rate` per second for `seconds`."""
+    latencies: list[float] = []
+
+    async def timed(n: int, scheduled: float) -> None:
+        await call(offset + n)
+        latencies.append((time.perf_counter() - scheduled) * 1000)
+
+    tasks = []
+    start = time.perf_counter()
+    for n in range(max(1, int(rate * seconds))):
+        scheduled = start + n / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(timed(n, scheduled)))
+    await asyncio.gather(*tasks)
+    return Paced(rate, latencies, time.perf_counter() - start)
+
+
+async def sustainable_max(call: Call, hint: float, offset: int = 0, steps: int = 5) -> float:
+    """The highest rate at which the service keeps up in open loop (`Paced.kept_up`), found
+    by bisection in log scale between a rate it sustains and one it does not, in runs of
+    STEP_S. `hint` (a closed-loop maximum) bounds the search from above: a closed loop never
+    offers more than the service answers, so it flatters a service whose latency grows with
+    its backlog, and 70 % of it may not be sustainable at all."""
+    lo, hi = hint * 0.25, hint * 1.2
+    while not (await open_loop(call, lo, STEP_S, offset)).kept_up:
+        lo, hi, offset = lo / 2, lo, offset + 10_000_000
+    for _ in range(steps):
+        offset += 10_000_000
+        mid = math.sqrt(lo * hi)
+        if (await open_loop(call, mid, STEP_S, offset)).kept_up:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def quantile(values: list[float], q: int) -> float:
+    """The q-th percentile (1–99)."""
+    return statistics.quantiles(values, n=100)[q - 1]
