@@ -41,6 +41,9 @@ LINES = 200
 PROBE_S = 5.0
 MEASURE_S = 10.0
 CLIENTS = 32
+LIGHT_REQUESTS_S = 100
+"""A light load, the same number of requests per second for both sides: the floor of their
+latency on this machine."""
 TOLLGATE = Path(sys.executable).parent / "tollgate"
 
 
@@ -119,6 +122,8 @@ class Side:
     sustained: float
     at_70: Requests
     sessions_ms: list[float]
+    light: Requests
+    """per-request latencies at LIGHT_REQUESTS_S"""
 
 
 async def main() -> None:
@@ -135,9 +140,9 @@ async def main() -> None:
                            env.owner_dsn, env.nats_url], {})
         try:
             await wait_for_responders(env, ["bench.echo", f"tg.{TENANT}.charge.reserve"])
-            ours = await measure(lambda r: reserve_commit(env.nc, lines, r),
+            ours = await measure(lambda r: reserve_commit(env.nc, lines, r), True,
                                  lambda: analyze(env.owner_dsn))
-            base = await measure(lambda r: echo(env.nc, r))
+            base = await measure(lambda r: echo(env.nc, r), False)
         finally:
             for proc in (engine, responder):
                 proc.terminate()
@@ -173,6 +178,11 @@ def report(ours: Side, base: Side) -> list[str]:
         row("… commit", ours, ours.at_70.by_operation["commit"], " sessions"),
         row("… a whole session (reserve + commit)", ours, ours.sessions_ms, " sessions"),
         "",
+        f"At a light {LIGHT_REQUESTS_S} requests/s (the latency floor here): baseline p50 "
+        f"{quantile(base.light.all(), 50):.2f} ms, p99 {quantile(base.light.all(), 99):.2f} ms; "
+        f"Tollgate p50 {quantile(ours.light.all(), 50):.2f} ms, p99 "
+        f"{quantile(ours.light.all(), 99):.2f} ms.",
+        "",
         "| goal | value |",
         "| --- | --- |",
         f"| request p99 ≤ 5 ms | {ours_p99:.2f} ms |",
@@ -180,7 +190,7 @@ def report(ours: Side, base: Side) -> list[str]:
     ]
 
 
-async def measure(make: Callable[[Requests], Call],
+async def measure(make: Callable[[Requests], Call], per_session: bool,
                   warmed: Callable[[], Awaitable[None]] | None = None) -> Side:
     probe = Requests()
     closed = await closed_loop_max(make(probe), 0)
@@ -189,7 +199,11 @@ async def measure(make: Callable[[Requests], Call],
     sustained = await sustainable_max(make(probe), closed, offset=100_000_000)
     at_70 = Requests()
     paced = await open_loop(make(at_70), sustained * 0.7, MEASURE_S, offset=900_000_000)
-    return Side(closed, sustained, at_70, paced.latencies)
+    light = Requests()
+    calls_per_request = 2 if per_session else 1
+    await open_loop(make(light), LIGHT_REQUESTS_S / calls_per_request, MEASURE_S,
+                    offset=1_900_000_000)
+    return Side(closed, sustained, at_70, paced.latencies, light)
 
 
 async def wait_for_responders(env: Env, subjects: list[str]) -> None:
