@@ -41,6 +41,7 @@ from bench.common import (
     Call,
     Env,
     analyze,
+    client_without_pauses,
     environment,
     example_tenant,
     open_loop,
@@ -247,9 +248,10 @@ async def closed_loop(make_worker: Worker, seconds: float, workers: int = WORKER
         finally:
             close()
 
-    started = time.perf_counter()
-    await asyncio.gather(*[run(k) for k in range(workers)])
-    return len(latencies) / (time.perf_counter() - started), latencies
+    with client_without_pauses():
+        started = time.perf_counter()
+        await asyncio.gather(*[run(k) for k in range(workers)])
+        return len(latencies) / (time.perf_counter() - started), latencies
 
 
 def http_call(port: int, requests: list[bytes]) -> tuple[Call, Callable[[], None]]:

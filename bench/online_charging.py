@@ -27,6 +27,7 @@ from bench.common import (
     Call,
     Env,
     analyze,
+    client_without_pauses,
     environment,
     example_tenant,
     open_loop,
@@ -39,7 +40,9 @@ from bench.common import (
 TENANT = "bench"
 LINES = 200
 PROBE_S = 5.0
-MEASURE_S = 10.0
+WINDOW_S = 5.0
+WINDOWS = 4
+"""Latencies are taken in WINDOWS windows of WINDOW_S per side and load, the sides in turn."""
 CLIENTS = 32
 LIGHT_REQUESTS_S = 100
 """A light load, the same number of requests per second for both sides: the floor of their
@@ -104,7 +107,8 @@ async def closed_loop_max(call: Call, offset: int) -> float:
             i += CLIENTS
             done += 1
 
-    await asyncio.gather(*[caller(k) for k in range(CLIENTS)])
+    with client_without_pauses():
+        await asyncio.gather(*[caller(k) for k in range(CLIENTS)])
     return done / PROBE_S
 
 
@@ -115,15 +119,40 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 @dataclass
 class Side:
-    """One side's figures: calls/s (sessions for Tollgate), and per-request latencies at 70 %
-    of its sustainable maximum."""
+    """One side of the comparison: how a call is made, its maximum rates (calls/s: sessions
+    for Tollgate), and per-request latencies at 70 % of its sustainable maximum and at the
+    light load."""
 
-    closed_max: float
-    sustained: float
-    at_70: Requests
-    sessions_ms: list[float]
-    light: Requests
-    """per-request latencies at LIGHT_REQUESTS_S"""
+    make: Callable[[Requests], Call]
+    requests_per_call: int
+    closed_max: float = 0.0
+    sustained: float = 0.0
+    at_70: Requests = field(default_factory=Requests)
+    calls_ms: list[float] = field(default_factory=list)
+    """whole calls (a session for Tollgate) at 70 %"""
+    light: Requests = field(default_factory=Requests)
+    window_p99s: list[float] = field(default_factory=list)
+    """per-request p99 of each window at 70 %, in order"""
+
+    async def find_max(self, warmed: Callable[[], Awaitable[None]] | None = None) -> None:
+        probe = Requests()
+        self.closed_max = await closed_loop_max(self.make(probe), 0)
+        if warmed is not None:
+            await warmed()
+        self.sustained = await sustainable_max(self.make(probe), self.closed_max,
+                                               offset=100_000_000)
+
+    async def window(self, k: int) -> None:
+        """One window at 70 % of the sustainable maximum, then one at the light load."""
+        window = Requests()
+        paced = await open_loop(self.make(window), self.sustained * 0.7, WINDOW_S,
+                                offset=1_000_000_000 + k * 10_000_000)
+        self.calls_ms += paced.latencies
+        self.window_p99s.append(quantile(window.all(), 99))
+        for operation, values in window.by_operation.items():
+            self.at_70.by_operation.setdefault(operation, []).extend(values)
+        await open_loop(self.make(self.light), LIGHT_REQUESTS_S / self.requests_per_call,
+                        WINDOW_S, offset=2_000_000_000 + k * 10_000_000)
 
 
 async def main() -> None:
@@ -140,17 +169,46 @@ async def main() -> None:
                            env.owner_dsn, env.nats_url], {})
         try:
             await wait_for_responders(env, ["bench.echo", f"tg.{TENANT}.charge.reserve"])
-            ours = await measure(lambda r: reserve_commit(env.nc, lines, r), True,
-                                 lambda: analyze(env.owner_dsn))
-            base = await measure(lambda r: echo(env.nc, r), False)
+            ours = Side(lambda r: reserve_commit(env.nc, lines, r), 2)
+            base = Side(lambda r: echo(env.nc, r), 1)
+            await ours.find_max(lambda: analyze(env.owner_dsn))
+            await base.find_max()
+            for k in range(WINDOWS):  # in turn: both sides meet the disk's stalls alike
+                await ours.window(k)
+                await base.window(k)
+            disk = paced_fsyncs(ours.sustained * 0.7 * 2, WINDOW_S * WINDOWS, env.data_dir)
         finally:
             for proc in (engine, responder):
                 proc.terminate()
                 proc.wait(timeout=30)
-    record("Online charging (reserve + commit)", report(ours, base))
+    record("Online charging (reserve + commit)", report(ours, base, disk))
 
 
-def report(ours: Side, base: Side) -> list[str]:
+def paced_fsyncs(rate: float, seconds: float, directory: Path) -> list[float]:
+    """The disk alone: an 8 KiB write and fdatasync started at `rate` per second, as a
+    commit's WAL flush is, in the PostgreSQL data directory's file system; each latency (ms)
+    from its scheduled start. Shows the stalls every durable commit on this machine sees."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    latencies: list[float] = []
+    block = b"\0" * 8192
+    try:
+        start = time.perf_counter()
+        for n in range(int(rate * seconds)):
+            scheduled = start + n / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            os.pwrite(fd, block, (n % 1024) * 8192)
+            os.fdatasync(fd)
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return latencies
+
+
+def report(ours: Side, base: Side, disk: list[float]) -> list[str]:
     def row(name: str, side: Side, values: list[float], unit: str = "") -> str:
         return (f"| {name} | {side.closed_max:,.0f}{unit} | {side.sustained:,.0f}{unit} | "
                 f"{side.sustained * 0.7:,.0f}{unit} | {quantile(values, 50):.2f} | "
@@ -163,11 +221,12 @@ def report(ours: Side, base: Side) -> list[str]:
         "(`tollgate charging`) and the baseline responder each run in their own process. Each "
         "side's maximum sustainable rate is the highest open-loop rate it keeps pace with "
         f"(≥ 95 % of the offered rate completed, in {STEP_S:.0f}-s steps, bisected below {CLIENTS} "
-        f"closed-loop clients' maximum); latencies are then taken open loop at 70 % of it for "
-        f"{MEASURE_S:.0f} s: each request from its sending to its answer, a whole session from "
-        "its scheduled start. The tables are analyzed after the closed-loop probe, as "
-        "autovacuum would have done: statistics taken while `reservations` was empty plan "
-        "its look-ups as scans.",
+        f"closed-loop clients' maximum); latencies are then taken open loop at 70 % of it and "
+        f"at a light load, in {WINDOWS} windows of {WINDOW_S:.0f} s per side and load, the "
+        "sides in turn (so both meet the disk's stalls alike): each request from its sending to "
+        "its answer, a whole session from its scheduled start. The tables are analyzed after "
+        "the closed-loop probe, as autovacuum would have done: statistics taken while "
+        "`reservations` was empty plan its look-ups as scans.",
         "",
         "| figure | closed-loop max | sustainable max | rate at 70 % | p50 ms | p99 ms |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -176,34 +235,30 @@ def report(ours: Side, base: Side) -> list[str]:
             ours.at_70.all(), " sessions"),
         row("… reserve", ours, ours.at_70.by_operation["reserve"], " sessions"),
         row("… commit", ours, ours.at_70.by_operation["commit"], " sessions"),
-        row("… a whole session (reserve + commit)", ours, ours.sessions_ms, " sessions"),
+        row("… a whole session (reserve + commit)", ours, ours.calls_ms, " sessions"),
+        "",
+        "p99 of each window at 70 %, in order: baseline "
+        f"{', '.join(f'{ms:.1f}' for ms in base.window_p99s)} ms; Tollgate "
+        f"{', '.join(f'{ms:.1f}' for ms in ours.window_p99s)} ms.",
         "",
         f"At a light {LIGHT_REQUESTS_S} requests/s (the latency floor here): baseline p50 "
         f"{quantile(base.light.all(), 50):.2f} ms, p99 {quantile(base.light.all(), 99):.2f} ms; "
         f"Tollgate p50 {quantile(ours.light.all(), 50):.2f} ms, p99 "
         f"{quantile(ours.light.all(), 99):.2f} ms.",
         "",
+        f"The disk alone, in the same run: an 8 KiB write + fdatasync paced at "
+        f"{ours.sustained * 0.7 * 2:,.0f}/s (the requests/s of Tollgate's 70 % row) for "
+        f"{WINDOW_S * WINDOWS:.0f} s: p50 {quantile(disk, 50):.2f} ms, "
+        f"p99 {quantile(disk, 99):.2f} ms, "
+        f"max {max(disk):.1f} ms, {sum(1 for ms in disk if ms > 5)} of {len(disk):,} over 5 ms. "
+        "Every durable commit waits for such a flush (group commit shares one among the "
+        "commits waiting together).",
+        "",
         "| goal | value |",
         "| --- | --- |",
         f"| request p99 ≤ 5 ms | {ours_p99:.2f} ms |",
         f"| request p99 ≤ 4× the baseline's | {ours_p99 / base_p99:.1f}× |",
     ]
-
-
-async def measure(make: Callable[[Requests], Call], per_session: bool,
-                  warmed: Callable[[], Awaitable[None]] | None = None) -> Side:
-    probe = Requests()
-    closed = await closed_loop_max(make(probe), 0)
-    if warmed is not None:
-        await warmed()
-    sustained = await sustainable_max(make(probe), closed, offset=100_000_000)
-    at_70 = Requests()
-    paced = await open_loop(make(at_70), sustained * 0.7, MEASURE_S, offset=900_000_000)
-    light = Requests()
-    calls_per_request = 2 if per_session else 1
-    await open_loop(make(light), LIGHT_REQUESTS_S / calls_per_request, MEASURE_S,
-                    offset=1_900_000_000)
-    return Side(closed, sustained, at_70, paced.latencies, light)
 
 
 async def wait_for_responders(env: Env, subjects: list[str]) -> None:

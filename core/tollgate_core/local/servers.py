@@ -103,6 +103,8 @@ class PostgresServer:
     port: int = field(default_factory=free_port)
     durable: bool = True
     """False turns fsync off: for throwaway test clusters only."""
+    settings: dict[str, str] = field(default_factory=dict)
+    """More server settings (`-c name=value`)."""
     superuser: str = "postgres"
     _run_as: str | None = None
 
@@ -163,6 +165,7 @@ class PostgresServer:
                    "-c max_connections=200", "-c shared_buffers=256MB"]
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        options += [f"-c {name}={value}" for name, value in self.settings.items()]
         self._run(str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log), "-w",
                   "-t", "60", "-o", " ".join(options), "start")
         _wait_port(self.port, 30, None, log)
