@@ -222,19 +222,32 @@ def client_without_pauses() -> Iterator[None]:
         gc.enable()
 
 
-async def sustainable_max(call: Call, hint: float, offset: int = 0, steps: int = 5) -> float:
-    """The highest rate at which the service keeps up in open loop (`Paced.kept_up`), found
-    by bisection in log scale between a rate it sustains and one it does not, in runs of
-    STEP_S. `hint` (a closed-loop maximum) bounds the search from above: a closed loop never
-    offers more than the service answers, so it flatters a service whose latency grows with
-    its backlog, and 70 % of it may not be sustainable at all."""
+async def sustainable_max(call: Call, hint: float, offset: int = 0) -> float:
+    """The highest rate at which the service keeps up in open loop (`Paced.kept_up`), each
+    rate tried for STEP_S. `hint` (a closed-loop maximum) bounds the search from above: a
+    closed loop never offers more than the service answers, so it flatters a service whose
+    latency grows with its backlog, and 70 % of it may not be sustainable at all."""
+    tried = 0
+
+    async def kept_up(rate: float) -> bool:
+        nonlocal tried
+        tried += 1
+        return (await open_loop(call, rate, STEP_S, offset + tried * 10_000_000)).kept_up
+
+    return await highest_rate(kept_up, hint)
+
+
+async def highest_rate(kept_up: Callable[[float], Awaitable[bool]], hint: float,
+                       steps: int = 5) -> float:
+    """Bisection in log scale between a rate that `kept_up` and one that did not, starting
+    from a quarter of `hint` and 1.2 × `hint` (halving the lower end until it is kept up):
+    the highest rate found kept up, within ~5 % after 5 steps."""
     lo, hi = hint * 0.25, hint * 1.2
-    while not (await open_loop(call, lo, STEP_S, offset)).kept_up:
-        lo, hi, offset = lo / 2, lo, offset + 10_000_000
+    while not await kept_up(lo):
+        lo, hi = lo / 2, lo
     for _ in range(steps):
-        offset += 10_000_000
         mid = math.sqrt(lo * hi)
-        if (await open_loop(call, mid, STEP_S, offset)).kept_up:
+        if await kept_up(mid):
             lo = mid
         else:
             hi = mid
