@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -48,7 +47,7 @@ from tollgate_core.resources.offer import SERVICE_UNITS, Service
 from tollgate_core.resources.tenant import FailureHandling
 from tollgate_core.settlement import accruals
 from tollgate_core.store import reservations_repo
-from tollgate_core.store.db import Connection, Pool, tenant_tx
+from tollgate_core.store.db import Connection, Pool, begin_statement, tenant_tx
 from tollgate_core.store.rating_repo import (
     AccountState,
     ActiveSubscription,
@@ -82,8 +81,6 @@ _DEFERRED = uuid.UUID("0e7c5c1a-9f7e-4d55-8b0a-5d7e3c2b1a90")
 CATALOG_MAX_AGE_S = 0.5
 """Online requests look for a newer catalog revision at most this often."""
 EXPIRY_BATCH_MAX = 200
-_TENANT_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-"""The check of `store.db.tenant_tx`, which group transactions do without (see `_begin`)."""
 _OUTAGES = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
 
 
@@ -212,17 +209,13 @@ class OnlineCharging:
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._plans = PlanCache()
-        if not _TENANT_ID.match(tenant):
-            raise ValueError(f"invalid tenant id {tenant!r}")
-        self._begin = ("BEGIN ISOLATION LEVEL READ COMMITTED;"
-                       f" SELECT set_config('tollgate.tenant', '{tenant}', true);"
-                       " SET LOCAL plan_cache_mode = force_generic_plan")
-        """BEGIN, the tenant (a checked DNS label, so quoting it inline is safe) and generic
-        plans, in one round trip. Each statement of a group finds its rows by index probes
-        whatever its parameters; PostgreSQL settles on generic plans by itself after five
-        executions, but may go back to planning each execution (1.4 ms against 0.4 ms to run
-        the read) when its estimates move. A generic plan is made again when its tables are
-        analyzed (one made while `reservations` was empty scans it: ADR 0007)."""
+        self._begin = begin_statement(tenant, generic_plans=True)
+        """Sent by each group transaction (ValueError here for a bad tenant id). Each
+        statement of a group finds its rows by index probes whatever its parameters;
+        PostgreSQL settles on generic plans by itself after five executions, but may go back
+        to planning each execution (1.4 ms against 0.4 ms to run the read) when its
+        estimates move. A generic plan is made again when its tables are analyzed (one made
+        while `reservations` was empty scans it: ADR 0007)."""
 
     def _plan(self, pricing: Pricing, service: Service) -> tuple[ServicePlan,
                                                                  list[ActiveSubscription]]:

@@ -74,25 +74,33 @@ _LEVELS: dict[Isolation, str] = {"read_committed": "READ COMMITTED",
                                  "serializable": "SERIALIZABLE"}
 
 
-@asynccontextmanager
-async def tenant_tx(pool: Pool, tenant: str, *, isolation: Isolation = "read_committed",
-                    readonly: bool = False, generic_plans: bool = False
-                    ) -> AsyncIterator[Connection]:
-    """One transaction bound to `tenant` by row-level security.
+def begin_statement(tenant: str, *, isolation: Isolation = "read_committed",
+                    readonly: bool = False, generic_plans: bool = False) -> str:
+    """What opens a transaction bound to `tenant` by row-level security: BEGIN and the
+    tenant setting in one round trip (this is on every charging request's path); the tenant
+    id is a checked DNS label, so quoting it inline is safe. `generic_plans`: the
+    transaction's prepared statements run their generic plan instead of being planned again
+    for each execution's values (for lookups by key, whose plan does not depend on the
+    values: PostgreSQL otherwise may keep planning statements that take arrays).
 
-    BEGIN and the tenant setting travel in one round trip (this is on every charging
-    request's path); the tenant id is a checked DNS label, so quoting it inline is safe.
-    `generic_plans`: the transaction's prepared statements run their generic plan instead of
-    being planned again for each execution's values (for lookups by key, whose plan does not
-    depend on the values: PostgreSQL otherwise keeps planning statements that take arrays).
-    """
+    ValueError if `tenant` is not a tenant id."""
     if not _TENANT_ID.match(tenant):
         raise ValueError(f"invalid tenant id {tenant!r}")
     mode = " READ ONLY" if readonly else ""
     plans = "; SET LOCAL plan_cache_mode = force_generic_plan" if generic_plans else ""
+    return (f"BEGIN ISOLATION LEVEL {_LEVELS[isolation]}{mode};"
+            f" SELECT set_config('tollgate.tenant', '{tenant}', true){plans}")
+
+
+@asynccontextmanager
+async def tenant_tx(pool: Pool, tenant: str, *, isolation: Isolation = "read_committed",
+                    readonly: bool = False, generic_plans: bool = False
+                    ) -> AsyncIterator[Connection]:
+    """One transaction bound to `tenant` by row-level security (see `begin_statement`)."""
+    begin = begin_statement(tenant, isolation=isolation, readonly=readonly,
+                            generic_plans=generic_plans)
     async with pool.acquire() as conn:
-        await conn.execute(f"BEGIN ISOLATION LEVEL {_LEVELS[isolation]}{mode};"
-                           f" SELECT set_config('tollgate.tenant', '{tenant}', true){plans}")
+        await conn.execute(begin)
         try:
             yield cast("Connection", conn)
         except BaseException:
